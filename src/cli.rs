@@ -1,0 +1,261 @@
+//! The command line: argument parsing and hand-over. `serve` is the default command.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::certs;
+use crate::config;
+use crate::server::{self, AppState, tls};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_TLS_CERT: &str = "certs/tls.crt";
+pub const DEFAULT_TLS_KEY: &str = "certs/tls.key";
+
+/// Kubernetes admission webhook for apps/v1 DaemonSets: validates the selector and restart
+/// policy as the API server does, and patches in the tolerations the DaemonSet controller gives
+/// every daemon pod and default cpu/memory limits and requests.
+#[derive(Debug, Parser)]
+#[command(
+    name = "daemonset-webhook",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve`'s flags, accepted without the word `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve POST /mutate and POST /validate over HTTPS (the default command).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to serve HTTPS on.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain to serve. With this default and neither file present, a
+    /// development CA and certificate are generated into certs/.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_TLS_CERT", default_value = DEFAULT_TLS_CERT, value_name = "PATH")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_TLS_KEY", default_value = DEFAULT_TLS_KEY, value_name = "PATH")]
+    pub tls_key: PathBuf,
+
+    /// Policy file (YAML); the built-in defaults apply without one.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Whether --tls-cert and --tls-key both kept their defaults (not given on the command line or
+    /// in the environment); only then may a development certificate be generated.
+    #[arg(skip)]
+    pub tls_paths_defaulted: bool,
+}
+
+/// Parses the process arguments and runs the chosen command.
+pub fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    init_logging();
+    match cli.command {
+        Some(Command::Serve(mut args)) => {
+            let sub = matches
+                .subcommand_matches("serve")
+                .expect("clap parsed the serve subcommand");
+            args.tls_paths_defaulted = tls_paths_defaulted(sub);
+            run_serve(args)
+        }
+        None => {
+            let mut args = cli.serve;
+            args.tls_paths_defaulted = tls_paths_defaulted(&matches);
+            run_serve(args)
+        }
+    }
+}
+
+fn tls_paths_defaulted(matches: &ArgMatches) -> bool {
+    ["tls_cert", "tls_key"]
+        .iter()
+        .all(|id| matches.value_source(id) == Some(ValueSource::DefaultValue))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "starting the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let policy = match &args.config {
+        Some(path) => config::load(path).map_err(|e| e.to_string())?,
+        None => Default::default(),
+    };
+    tracing::info!(
+        config = %args.config.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string()),
+        "policy loaded"
+    );
+
+    if args.tls_paths_defaulted {
+        ensure_dev_certificate(&args.tls_cert, &args.tls_key)?;
+    }
+    let key = tls::load_certified_key(&args.tls_cert, &args.tls_key).map_err(|e| e.to_string())?;
+    let resolver = Arc::new(tls::CertificateResolver::new(key));
+    let tls_config = tls::server_config(resolver).map_err(|e| e.to_string())?;
+
+    let (listener, local) = server::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let state = AppState::new(policy);
+    let ready = state.ready.clone();
+    tracing::info!(address = %local, "listening on https://{local}");
+    server::serve(
+        listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
+        server::router(state),
+        ready,
+        server::shutdown_signal(),
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// With the default paths and neither file present, generates a development CA and server
+/// certificate so a newcomer's first run serves HTTPS. One file without the other is an error:
+/// overwriting half of someone's pair would hide their mistake.
+fn ensure_dev_certificate(cert: &Path, key: &Path) -> Result<(), String> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(()),
+        (false, false) => {
+            let dir = cert.parent().unwrap_or(Path::new("."));
+            let generated =
+                certs::generate(&certs::dev_subject_alt_names(), certs::DEV_VALIDITY_DAYS)
+                    .map_err(|e| e.to_string())?;
+            generated.write_to(dir).map_err(|e| e.to_string())?;
+            tracing::warn!(
+                "!!! GENERATED A DEVELOPMENT CERTIFICATE: {} did not exist. \
+                 Wrote a new CA ({}) and a server certificate for {} into {}/. \
+                 Trust it with curl --cacert {}. Not for production: see certs/README.md !!!",
+                cert.display(),
+                dir.join(certs::CA_FILE).display(),
+                certs::dev_subject_alt_names().join(", "),
+                dir.display(),
+                dir.join(certs::CA_FILE).display(),
+            );
+            Ok(())
+        }
+        (true, false) => Err(format!(
+            "{} exists but {} does not; provide both or neither",
+            cert.display(),
+            key.display()
+        )),
+        (false, true) => Err(format!(
+            "{} exists but {} does not; provide both or neither",
+            key.display(),
+            cert.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> (Cli, ArgMatches) {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        (Cli::from_arg_matches(&matches).unwrap(), matches)
+    }
+
+    #[test]
+    fn no_arguments_means_serve_with_defaults() {
+        let (cli, matches) = parse(&["daemonset-webhook"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(cli.serve.tls_cert, PathBuf::from(DEFAULT_TLS_CERT));
+        assert!(tls_paths_defaulted(&matches));
+    }
+
+    #[test]
+    fn explicit_paths_are_not_defaulted() {
+        let (_, matches) = parse(&["daemonset-webhook", "--tls-cert", DEFAULT_TLS_CERT]);
+        assert!(!tls_paths_defaulted(&matches));
+        let (cli, matches) = parse(&["daemonset-webhook", "serve", "--tls-key", "k.pem"]);
+        let sub = matches.subcommand_matches("serve").unwrap();
+        assert!(!tls_paths_defaulted(sub));
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("expected serve")
+        };
+        assert_eq!(args.tls_key, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn help_documents_every_environment_variable() {
+        let help = Cli::command().render_long_help().to_string();
+        for var in [
+            "DAEMONSET_WEBHOOK_LISTEN",
+            "DAEMONSET_WEBHOOK_TLS_CERT",
+            "DAEMONSET_WEBHOOK_TLS_KEY",
+            "DAEMONSET_WEBHOOK_CONFIG",
+        ] {
+            assert!(help.contains(var), "{var} missing from --help");
+        }
+    }
+
+    #[test]
+    fn one_file_of_a_pair_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        std::fs::write(&cert, "x").unwrap();
+        let err = ensure_dev_certificate(&cert, &key).unwrap_err();
+        assert!(err.contains("tls.key"), "{err}");
+    }
+
+    #[test]
+    fn generates_a_pair_when_both_are_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("certs/tls.crt");
+        let key = dir.path().join("certs/tls.key");
+        ensure_dev_certificate(&cert, &key).unwrap();
+        tls::load_certified_key(&cert, &key).unwrap();
+        assert!(dir.path().join("certs/ca.crt").is_file());
+    }
+}

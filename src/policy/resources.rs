@@ -1,0 +1,218 @@
+//! Default limits and requests for containers and init containers that lack them, in the spirit
+//! of a LimitRange's `default` and `defaultRequest`, without ever changing a pod's QoS class.
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, PatchOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
+use serde_json::{Map, Value};
+
+use super::field::{FieldError, Path, go_quote};
+use super::quantity::Quantity;
+use super::{Change, ChangeKind};
+
+/// A configured default: the text as written (what the patch carries) and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultQuantity {
+    pub text: String,
+    pub value: Quantity,
+}
+
+impl DefaultQuantity {
+    pub fn parse(text: &str) -> Result<Self, super::quantity::ParseQuantityError> {
+        Ok(Self {
+            text: text.to_owned(),
+            value: Quantity::parse(text)?,
+        })
+    }
+}
+
+/// Defaults per resource name (`cpu`, `memory`, ...). Every resource with a default request
+/// has a default limit at least as large; [`crate::config`] enforces that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceDefaults {
+    /// `default` in LimitRange terms: the limit a container gets.
+    pub limits: BTreeMap<String, DefaultQuantity>,
+    /// `defaultRequest`: the request a container with neither gets.
+    pub requests: BTreeMap<String, DefaultQuantity>,
+}
+
+impl Default for ResourceDefaults {
+    /// limits cpu 500m, memory 512Mi; requests cpu 50m, memory 64Mi.
+    fn default() -> Self {
+        let map = |pairs: [(&str, &str); 2]| {
+            pairs
+                .into_iter()
+                .map(|(name, text)| {
+                    let value = DefaultQuantity::parse(text).expect("built-in default parses");
+                    (name.to_owned(), value)
+                })
+                .collect()
+        };
+        Self {
+            limits: map([("cpu", "500m"), ("memory", "512Mi")]),
+            requests: map([("cpu", "50m"), ("memory", "64Mi")]),
+        }
+    }
+}
+
+/// The container lists a pod template has, with their JSON and field-path names.
+pub const CONTAINER_LISTS: [(&str, &str); 2] = [
+    ("containers", "container"),
+    ("initContainers", "init container"),
+];
+
+/// Every limit and request of every container must be a quantity. The API server rejects a
+/// malformed one when it decodes the object; we name the field.
+pub fn validate(lists: &[(&str, &[Container])]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let base = Path::new("spec").child("template").child("spec");
+    for (list, containers) in lists {
+        for (i, container) in containers.iter().enumerate() {
+            let Some(resources) = &container.resources else {
+                continue;
+            };
+            let path = base.child(list).index(i).child("resources");
+            for (kind, map) in [
+                ("limits", &resources.limits),
+                ("requests", &resources.requests),
+            ] {
+                for (name, quantity) in map.iter().flatten() {
+                    if let Err(error) = Quantity::parse(&quantity.0) {
+                        errors.push(FieldError::invalid(
+                            &path.child(kind).key(name),
+                            go_quote(&quantity.0),
+                            error.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Patches limits and requests into one container at `path` (its JSON Pointer):
+/// - neither request nor limit: the default limit and the default request;
+/// - a request but no limit: limit = max(default limit, request), so request ≤ limit holds;
+/// - a limit but no request: nothing. Kubernetes defaults the request to the limit; inventing a
+///   smaller one would turn a Guaranteed pod Burstable.
+///
+/// Quantities that do not parse are left to [`validate`].
+pub fn mutate_container(
+    container: &Container,
+    label: &str,
+    path: &PointerBuf,
+    defaults: &ResourceDefaults,
+    operations: &mut Vec<PatchOperation>,
+    changes: &mut Vec<Change>,
+) {
+    let resources = container.resources.as_ref();
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let requests = resources.and_then(|r| r.requests.as_ref());
+    let has = |map: Option<&BTreeMap<String, ApiQuantity>>, name: &str| {
+        map.is_some_and(|m| m.contains_key(name))
+    };
+
+    let mut new_limits = Map::new();
+    let mut new_requests = Map::new();
+    for (name, default_limit) in &defaults.limits {
+        if has(limits, name) {
+            continue;
+        }
+        let request = requests.and_then(|m| m.get(name));
+        match request {
+            None => {
+                new_limits.insert(name.clone(), Value::String(default_limit.text.clone()));
+                let change = match defaults.requests.get(name) {
+                    Some(default_request) => {
+                        new_requests
+                            .insert(name.clone(), Value::String(default_request.text.clone()));
+                        Change {
+                            kind: ChangeKind::LimitAndRequest,
+                            subject: format!("{label} {name}"),
+                            message: format!(
+                                "{label}: set {name} limit {} and request {} (it had neither)",
+                                default_limit.text, default_request.text
+                            ),
+                        }
+                    }
+                    None => Change {
+                        kind: ChangeKind::Limit,
+                        subject: format!("{label} {name}"),
+                        message: format!(
+                            "{label}: set {name} limit {} (it had neither limit nor request)",
+                            default_limit.text
+                        ),
+                    },
+                };
+                changes.push(change);
+            }
+            Some(request) => {
+                let Ok(request_value) = Quantity::parse(&request.0) else {
+                    continue;
+                };
+                let (limit, message) = if request_value > default_limit.value {
+                    (
+                        request.0.clone(),
+                        format!(
+                            "{label}: set {name} limit {} equal to its request (above the default limit {})",
+                            request.0, default_limit.text
+                        ),
+                    )
+                } else {
+                    (
+                        default_limit.text.clone(),
+                        format!(
+                            "{label}: set {name} limit {} (it had a request of {} but no limit)",
+                            default_limit.text, request.0
+                        ),
+                    )
+                };
+                new_limits.insert(name.clone(), Value::String(limit));
+                changes.push(Change {
+                    kind: ChangeKind::Limit,
+                    subject: format!("{label} {name}"),
+                    message,
+                });
+            }
+        }
+    }
+
+    let resources_path = path.with_trailing_token("resources");
+    if resources.is_none() {
+        let mut value = Map::new();
+        if !new_limits.is_empty() {
+            value.insert("limits".to_owned(), Value::Object(new_limits));
+        }
+        if !new_requests.is_empty() {
+            value.insert("requests".to_owned(), Value::Object(new_requests));
+        }
+        if !value.is_empty() {
+            operations.push(add(resources_path, Value::Object(value)));
+        }
+        return;
+    }
+    for (field, existing, new) in [
+        ("limits", limits, new_limits),
+        ("requests", requests, new_requests),
+    ] {
+        if new.is_empty() {
+            continue;
+        }
+        let field_path = resources_path.with_trailing_token(field);
+        if existing.is_none() {
+            operations.push(add(field_path, Value::Object(new)));
+        } else {
+            for (name, value) in new {
+                operations.push(add(field_path.with_trailing_token(name), value));
+            }
+        }
+    }
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
