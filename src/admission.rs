@@ -103,7 +103,9 @@ struct IncomingReview {
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<AdmissionRequest>,
+    /// Decoded only once apiVersion and kind are known to be right, so a v1beta1 review is
+    /// reported as such rather than as a request we cannot read.
+    request: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// The part of an `AdmissionRequest` the webhook reads.
@@ -351,9 +353,22 @@ fn decode(body: &[u8]) -> Result<AdmissionRequest, EnvelopeError> {
             review.api_version, review.kind
         )));
     }
-    let request = review
+    let raw_request = review
         .request
+        .filter(|raw| raw.get() != "null")
         .ok_or_else(|| EnvelopeError::bad_request("AdmissionReview has no request"))?;
+    let request: AdmissionRequest = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_str(raw_request.get()),
+    )
+    .map_err(|error| {
+        let path = error.path().to_string();
+        let path = if path == "." {
+            "request".to_owned()
+        } else {
+            format!("request.{path}")
+        };
+        decode_error(&path, error.into_inner())
+    })?;
     if request.uid.is_empty() {
         return Err(EnvelopeError::bad_request("request.uid is empty"));
     }
@@ -437,4 +452,263 @@ fn object_name(request: &AdmissionRequest) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn daemonset() -> Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": { "name": "agent", "namespace": "default" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "agent" } },
+                "template": {
+                    "metadata": { "labels": { "app": "agent" } },
+                    "spec": { "containers": [{ "name": "agent", "image": "agent:1" }] },
+                },
+            },
+        })
+    }
+
+    fn review_of(object: Value, operation: &str) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": { "group": "apps", "version": "v1", "kind": "DaemonSet" },
+                "resource": { "group": "apps", "version": "v1", "resource": "daemonsets" },
+                "name": "agent",
+                "namespace": "default",
+                "operation": operation,
+                "userInfo": { "username": "admin" },
+                "object": object,
+                "oldObject": null,
+                "dryRun": false,
+            }
+        })
+    }
+
+    fn send(body: &Value, endpoint: Endpoint) -> Value {
+        let outcome = review(
+            &serde_json::to_vec(body).unwrap(),
+            endpoint,
+            &Policy::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        serde_json::from_slice(&outcome.body).unwrap()
+    }
+
+    fn decoded_patch(response: &Value) -> Vec<json_patch::PatchOperation> {
+        let patch = response["response"]["patch"]
+            .as_str()
+            .expect("patch is a base64 string");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn answers_v1_with_the_uid_and_a_base64_patch() {
+        let answer = send(&review_of(daemonset(), "CREATE"), Endpoint::Mutate);
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        let response = &answer["response"];
+        assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["patchType"], "JSONPatch");
+        assert!(response.get("status").is_none());
+        let patch = decoded_patch(&answer);
+        assert_eq!(patch.len(), 2, "tolerations and one container's resources");
+        let mut object = daemonset();
+        json_patch::patch(&mut object, &patch).unwrap();
+        assert_eq!(response["warnings"].as_array().unwrap().len(), 8);
+        assert!(response["auditAnnotations"]["tolerations-added"].is_string());
+    }
+
+    #[test]
+    fn validate_never_patches() {
+        let answer = send(&review_of(daemonset(), "CREATE"), Endpoint::Validate);
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], true);
+        for field in [
+            "patch",
+            "patchType",
+            "warnings",
+            "auditAnnotations",
+            "status",
+        ] {
+            assert!(response.get(field).is_none(), "{field} in {response}");
+        }
+    }
+
+    #[test]
+    fn update_and_dry_run_are_judged_like_create() {
+        let create = send(&review_of(daemonset(), "CREATE"), Endpoint::Mutate);
+        let mut update = review_of(daemonset(), "UPDATE");
+        update["request"]["oldObject"] = daemonset();
+        let mut dry_run = review_of(daemonset(), "CREATE");
+        dry_run["request"]["dryRun"] = json!(true);
+        for other in [update, dry_run] {
+            let answer = send(&other, Endpoint::Mutate);
+            assert_eq!(answer["response"]["patch"], create["response"]["patch"]);
+        }
+    }
+
+    #[test]
+    fn invalid_daemonsets_are_denied_by_both_endpoints_like_the_api_server() {
+        let mut object = daemonset();
+        object["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            let answer = send(&review_of(object.clone(), "CREATE"), endpoint);
+            let response = &answer["response"];
+            assert_eq!(response["allowed"], false);
+            assert!(response.get("patch").is_none());
+            assert_eq!(
+                response["status"],
+                json!({
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": r#"DaemonSet.apps "agent" is invalid: spec.template.spec.restartPolicy: Unsupported value: "Never": supported values: "Always""#,
+                    "reason": "Invalid",
+                    "details": {
+                        "name": "agent",
+                        "group": "apps",
+                        "kind": "DaemonSet",
+                        "causes": [{
+                            "reason": "FieldValueNotSupported",
+                            "message": r#"Unsupported value: "Never": supported values: "Always""#,
+                            "field": "spec.template.spec.restartPolicy",
+                        }],
+                    },
+                    "code": 422,
+                })
+            );
+            assert_eq!(
+                response["auditAnnotations"]["violations"],
+                "spec.template.spec.restartPolicy"
+            );
+        }
+    }
+
+    #[test]
+    fn other_kinds_subresources_and_operations_are_allowed_untouched() {
+        let mut deployment = review_of(json!({ "kind": "Deployment" }), "CREATE");
+        deployment["request"]["kind"] =
+            json!({ "group": "apps", "version": "v1", "kind": "Deployment" });
+        let mut status = review_of(daemonset(), "UPDATE");
+        status["request"]["subResource"] = json!("status");
+        let mut old_version = review_of(daemonset(), "CREATE");
+        old_version["request"]["kind"]["version"] = json!("v1beta2");
+        let delete = review_of(Value::Null, "DELETE");
+        for review in [deployment, status, old_version, delete] {
+            let answer = send(&review, Endpoint::Mutate);
+            assert_eq!(
+                answer["response"],
+                json!({ "uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true })
+            );
+        }
+    }
+
+    fn error_of(body: &[u8]) -> EnvelopeError {
+        review(body, Endpoint::Mutate, &Policy::default()).unwrap_err()
+    }
+
+    #[test]
+    fn malformed_reviews_are_bad_requests_saying_what_is_wrong() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"".to_vec(), "request body is empty"),
+            (b"  \n".to_vec(), "request body is empty"),
+            (b"{".to_vec(), "not valid JSON"),
+            (b"null".to_vec(), "not an AdmissionReview"),
+            (b"[1]".to_vec(), "not an AdmissionReview"),
+            (b"{}".to_vec(), "expected apiVersion \"admission.k8s.io/v1\""),
+            (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#.to_vec(), "admissionReviewVersions"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "has no request"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":5}}"#.to_vec(), "request.uid: invalid type"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"","kind":{},"operation":"CREATE"}}"#.to_vec(), "request.uid is empty"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"apps","version":"v1","kind":"DaemonSet"},"operation":"CREATE"}}"#.to_vec(), "request.object is missing"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"} trailing"#.to_vec(), "not valid JSON"),
+        ];
+        for (body, expected) in cases {
+            let error = error_of(&body);
+            assert_eq!(
+                error.status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+            assert!(
+                error.message.contains(expected),
+                "{:?} does not say {expected:?}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let mut body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"apps","version":"v1","kind":"DaemonSet"},"operation":"CREATE","object":"#.to_vec();
+        let prefix = body.clone();
+        body.extend(std::iter::repeat_n(b'[', 1_000_000));
+        let error = error_of(&body);
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert!(
+            error.message.contains("not valid JSON"),
+            "{}",
+            error.message
+        );
+
+        // Well-formed but absurdly deep: refused at serde_json's recursion limit.
+        let mut body = prefix;
+        body.extend(std::iter::repeat_n(b'[', 100_000));
+        body.extend(std::iter::repeat_n(b']', 100_000));
+        body.extend(b"}}");
+        let error = error_of(&body);
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert!(
+            error.message.contains("recursion limit"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn errors_render_as_a_metav1_status() {
+        let status: Value = serde_json::from_slice(&error_of(b"{").to_status_json()).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["apiVersion"], "v1");
+        assert_eq!(status["status"], "Failure");
+        assert_eq!(status["reason"], "BadRequest");
+        assert_eq!(status["code"], 400);
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .contains("not valid JSON")
+        );
+    }
+
+    #[test]
+    fn the_summary_describes_the_review() {
+        let body = serde_json::to_vec(&review_of(daemonset(), "CREATE")).unwrap();
+        let outcome = review(&body, Endpoint::Mutate, &Policy::default()).unwrap();
+        assert_eq!(
+            outcome.summary,
+            ReviewSummary {
+                uid: "705ab4f5-6393-11e8-b7cc-42010a800002".to_owned(),
+                operation: "CREATE".to_owned(),
+                kind: "apps/v1/DaemonSet".to_owned(),
+                namespace: "default".to_owned(),
+                name: "agent".to_owned(),
+                allowed: true,
+                patch_operations: 2,
+            }
+        );
+    }
 }

@@ -347,7 +347,10 @@ mod tests {
         let p = Path::new("a");
         let one = FieldError::required(&p, "x");
         let two = FieldError::required(&p, "y");
-        assert_eq!(aggregate(std::slice::from_ref(&one)), "a: Required value: x");
+        assert_eq!(
+            aggregate(std::slice::from_ref(&one)),
+            "a: Required value: x"
+        );
         assert_eq!(
             aggregate(&[one.clone(), one.clone()]),
             "a: Required value: x"

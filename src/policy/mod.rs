@@ -218,3 +218,253 @@ pub fn review(object: &Value, policy: &Policy) -> Verdict {
     }
     verdict
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn daemonset(pod_spec: Value) -> Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": { "name": "agent", "namespace": "kube-system", "labels": { "app": "agent" } },
+            "spec": {
+                "selector": { "matchLabels": { "app.kubernetes.io/name": "agent" } },
+                "template": {
+                    "metadata": { "labels": { "app.kubernetes.io/name": "agent", "tier": "node" } },
+                    "spec": pod_spec,
+                },
+            },
+        })
+    }
+
+    fn apply(object: &Value, verdict: &Verdict) -> Value {
+        let mut patched = object.clone();
+        json_patch::patch(&mut patched, verdict.patch()).expect("patch applies");
+        patched
+    }
+
+    /// Removes what the policy may change, so the rest can be compared.
+    fn without_owned_fields(mut object: Value) -> Value {
+        if let Some(pod) = object
+            .pointer_mut("/spec/template/spec")
+            .and_then(Value::as_object_mut)
+        {
+            pod.remove("tolerations");
+            for list in ["containers", "initContainers"] {
+                for c in pod
+                    .get_mut(list)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    c.as_object_mut().unwrap().remove("resources");
+                }
+            }
+        }
+        object
+    }
+
+    #[test]
+    fn a_plain_daemonset_is_completed_and_then_left_alone() {
+        let object = daemonset(json!({
+            "initContainers": [{ "name": "init", "image": "busybox" }],
+            "containers": [
+                { "name": "agent", "image": "agent:1", "resources": { "requests": { "memory": "1Gi" } } },
+                { "name": "sidecar", "image": "proxy:1", "resources": {} },
+            ],
+        }));
+        let policy = Policy::default();
+        let verdict = review(&object, &policy);
+        assert!(verdict.allowed());
+        let patched = apply(&object, &verdict);
+
+        let typed: DaemonSet = serde_json::from_value(patched.clone()).unwrap();
+        let pod = typed.spec.template.spec.unwrap();
+        assert_eq!(pod.tolerations.unwrap().len(), 6);
+        for c in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+        {
+            let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+            assert!(
+                limits.contains_key("cpu") && limits.contains_key("memory"),
+                "{}",
+                c.name
+            );
+        }
+        assert_eq!(
+            patched.pointer("/spec/template/spec/containers/0/resources"),
+            Some(
+                &json!({ "requests": { "memory": "1Gi", "cpu": "50m" }, "limits": { "cpu": "500m", "memory": "1Gi" } })
+            )
+        );
+        assert_eq!(
+            without_owned_fields(patched.clone()),
+            without_owned_fields(object)
+        );
+
+        let again = review(&patched, &policy);
+        assert!(again.allowed());
+        assert!(again.operations.is_empty(), "{:?}", again.operations);
+        assert!(again.changes.is_empty());
+    }
+
+    #[test]
+    fn fields_unknown_to_our_types_survive() {
+        let mut object = daemonset(json!({
+            "futurePodField": { "x": 1 },
+            "containers": [{ "name": "c", "futureContainerField": [1, 2], "resources": { "futureResourceField": true } }],
+            "tolerations": [{ "key": "k", "operator": "Exists", "futureTolerationField": "y" }],
+        }));
+        object["spec"]["futureSpecField"] = json!("keep me");
+        object["metadata"]["futureMetadataField"] = json!({ "a": "b" });
+        object["status"] = json!({ "numberReady": 3 });
+        let verdict = review(&object, &Policy::default());
+        let patched = apply(&object, &verdict);
+        assert_eq!(patched["spec"]["futureSpecField"], "keep me");
+        assert_eq!(
+            patched["metadata"]["futureMetadataField"],
+            json!({ "a": "b" })
+        );
+        assert_eq!(patched["status"], json!({ "numberReady": 3 }));
+        let pod = &patched["spec"]["template"]["spec"];
+        assert_eq!(pod["futurePodField"], json!({ "x": 1 }));
+        assert_eq!(pod["containers"][0]["futureContainerField"], json!([1, 2]));
+        assert_eq!(
+            pod["containers"][0]["resources"]["futureResourceField"],
+            json!(true)
+        );
+        assert_eq!(pod["tolerations"][0]["futureTolerationField"], "y");
+        assert!(review(&patched, &Policy::default()).operations.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_daemonset_gets_every_violation_and_no_patch() {
+        let mut object = daemonset(json!({
+            "restartPolicy": "Never",
+            "containers": [{ "name": "c", "resources": { "limits": { "cpu": "x" } } }],
+        }));
+        object["spec"]["selector"] = json!({ "matchLabels": { "app": "other" } });
+        let verdict = review(&object, &Policy::default());
+        assert!(!verdict.allowed());
+        assert!(verdict.operations.is_empty());
+        let fields: Vec<&str> = verdict
+            .violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.template.metadata.labels",
+                "spec.template.spec.restartPolicy",
+                "spec.template.spec.containers[0].resources.limits[cpu]",
+            ]
+        );
+        let message = invalid_message("agent", &verdict.violations);
+        assert!(message.starts_with(r#"DaemonSet.apps "agent" is invalid: [spec.template.metadata.labels: Invalid value: {"app.kubernetes.io/name":"agent","tier":"node"}: `selector` does not match template `labels`, spec.template.spec.restartPolicy: Unsupported value: "Never": supported values: "Always", "#), "{message}");
+    }
+
+    #[test]
+    fn an_object_our_types_cannot_read_is_denied_naming_the_field() {
+        let object = daemonset(json!({ "containers": "not a list" }));
+        let verdict = review(&object, &Policy::default());
+        assert_eq!(verdict.violations.len(), 1);
+        let message = verdict.violations[0].to_string();
+        assert!(message.starts_with("spec.template.spec.containers: Invalid value: not readable as an apps/v1 DaemonSet: invalid type: string"), "{message}");
+    }
+
+    #[test]
+    fn without_a_pod_spec_nothing_is_patched() {
+        let mut object = daemonset(json!(null));
+        object["spec"]["template"]
+            .as_object_mut()
+            .unwrap()
+            .remove("spec");
+        let verdict = review(&object, &Policy::default());
+        assert!(verdict.allowed());
+        assert!(verdict.operations.is_empty());
+    }
+
+    #[test]
+    fn host_network_pods_also_tolerate_network_unavailable() {
+        let object =
+            daemonset(json!({ "hostNetwork": true, "tolerations": null, "containers": [] }));
+        let verdict = review(&object, &Policy::default());
+        let patched = apply(&object, &verdict);
+        let keys: Vec<&str> = patched["spec"]["template"]["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys.len(), 7);
+        assert_eq!(keys[6], "node.kubernetes.io/network-unavailable");
+    }
+
+    #[test]
+    fn warnings_stay_within_the_api_servers_limits() {
+        let containers: Vec<Value> = (0..60)
+            .map(|i| json!({ "name": format!("container-with-a-rather-long-name-{i:03}") }))
+            .collect();
+        let object = daemonset(json!({ "containers": containers }));
+        let verdict = review(&object, &Policy::default());
+        assert_eq!(verdict.changes.len(), 6 + 120);
+        let warnings = verdict.warnings();
+        let total: usize = warnings.iter().map(String::len).sum();
+        assert!(total <= MAX_WARNINGS_TOTAL, "{total}");
+        assert!(
+            warnings
+                .iter()
+                .all(|w| w.len() <= MAX_WARNING_LENGTH && !w.contains('\n'))
+        );
+        let last = warnings.last().unwrap();
+        assert!(
+            last.starts_with("... and ") && last.ends_with("more changes; the patch has them all"),
+            "{last}"
+        );
+        let shown = warnings.len() - 1;
+        assert!(
+            last.contains(&format!("and {} more", verdict.changes.len() - shown)),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn audit_annotations_summarize_by_kind() {
+        let object = daemonset(json!({
+            "tolerations": [{ "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30 }],
+            "containers": [{ "name": "a", "resources": { "requests": { "cpu": "1" } } }],
+        }));
+        let annotations = review(&object, &Policy::default()).audit_annotations();
+        assert_eq!(
+            annotations["tolerations-updated"],
+            "node.kubernetes.io/not-ready:NoExecute"
+        );
+        assert!(
+            annotations["tolerations-added"]
+                .starts_with("node.kubernetes.io/unreachable:NoExecute, ")
+        );
+        assert_eq!(
+            annotations["limits-added"],
+            "container \"a\" cpu, container \"a\" memory"
+        );
+        assert_eq!(annotations["requests-added"], "container \"a\" memory");
+        for key in annotations.keys() {
+            assert!(
+                selector::label_key_errors(key).is_empty() && !key.contains('/'),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncate_respects_character_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        let cut = truncate(&"é".repeat(200), 256);
+        assert!(cut.len() <= 256 && cut.ends_with("..."));
+    }
+}

@@ -216,3 +216,223 @@ pub fn mutate_container(
 fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn container(value: Value) -> Container {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn run_with(value: Value, defaults: &ResourceDefaults) -> (Value, Vec<Change>) {
+        let mut operations = Vec::new();
+        let mut changes = Vec::new();
+        let path = PointerBuf::parse("/spec/template/spec/containers/0").unwrap();
+        mutate_container(
+            &container(value),
+            "container \"c\"",
+            &path,
+            defaults,
+            &mut operations,
+            &mut changes,
+        );
+        (serde_json::to_value(operations).unwrap(), changes)
+    }
+
+    fn run(value: Value) -> (Value, Vec<Change>) {
+        run_with(value, &ResourceDefaults::default())
+    }
+
+    const R: &str = "/spec/template/spec/containers/0/resources";
+
+    #[test]
+    fn no_resources_get_every_default_in_one_add() {
+        let (ops, changes) = run(json!({ "name": "c" }));
+        assert_eq!(
+            ops,
+            json!([{ "op": "add", "path": R, "value": {
+                "limits": { "cpu": "500m", "memory": "512Mi" },
+                "requests": { "cpu": "50m", "memory": "64Mi" },
+            }}])
+        );
+        assert_eq!(changes.len(), 2);
+        assert!(
+            changes
+                .iter()
+                .all(|c| c.kind == ChangeKind::LimitAndRequest)
+        );
+        assert_eq!(
+            changes[0].message,
+            "container \"c\": set cpu limit 500m and request 50m (it had neither)"
+        );
+    }
+
+    #[test]
+    fn null_resources_are_replaced_like_absent_ones() {
+        let (ops, _) = run(json!({ "name": "c", "resources": null }));
+        assert_eq!(ops[0]["path"], R);
+    }
+
+    #[test]
+    fn empty_resources_get_limits_and_requests_added_inside() {
+        let (ops, _) = run(json!({ "name": "c", "resources": {} }));
+        assert_eq!(
+            ops,
+            json!([
+                { "op": "add", "path": format!("{R}/limits"), "value": { "cpu": "500m", "memory": "512Mi" } },
+                { "op": "add", "path": format!("{R}/requests"), "value": { "cpu": "50m", "memory": "64Mi" } },
+            ])
+        );
+        let (ops, _) = run(json!({ "name": "c", "resources": { "limits": null, "requests": {} } }));
+        assert_eq!(
+            ops,
+            json!([
+                { "op": "add", "path": format!("{R}/limits"), "value": { "cpu": "500m", "memory": "512Mi" } },
+                { "op": "add", "path": format!("{R}/requests/cpu"), "value": "50m" },
+                { "op": "add", "path": format!("{R}/requests/memory"), "value": "64Mi" },
+            ])
+        );
+    }
+
+    #[test]
+    fn a_request_without_limit_gets_the_larger_of_default_and_request() {
+        let (ops, changes) = run(json!({ "name": "c", "resources": {
+            "requests": { "cpu": "100m", "memory": "1Gi" }
+        }}));
+        assert_eq!(
+            ops,
+            json!([{ "op": "add", "path": format!("{R}/limits"), "value": { "cpu": "500m", "memory": "1Gi" } }])
+        );
+        assert!(changes.iter().all(|c| c.kind == ChangeKind::Limit));
+        assert_eq!(
+            changes[1].message,
+            "container \"c\": set memory limit 1Gi equal to its request (above the default limit 512Mi)"
+        );
+    }
+
+    #[test]
+    fn quantities_compare_by_value_not_text() {
+        // 0.5 = 500m: not above the default, so the default's text is used.
+        let (ops, _) = run(
+            json!({ "name": "c", "resources": { "requests": { "cpu": "0.5", "memory": "536870912" } } }),
+        );
+        assert_eq!(ops[0]["value"], json!({ "cpu": "500m", "memory": "512Mi" }));
+        // 1e3m = 1 > 500m; 513Mi > 512Mi; 1G < 1Gi.
+        let (ops, _) = run(
+            json!({ "name": "c", "resources": { "requests": { "cpu": "1", "memory": "513Mi" } } }),
+        );
+        assert_eq!(ops[0]["value"], json!({ "cpu": "1", "memory": "513Mi" }));
+        let (ops, _) = run(
+            json!({ "name": "c", "resources": { "requests": { "cpu": 2, "memory": "600M" } } }),
+        );
+        assert_eq!(ops[0]["value"], json!({ "cpu": "2", "memory": "600M" }));
+    }
+
+    #[test]
+    fn a_limit_without_request_is_left_alone() {
+        let (ops, changes) = run(json!({ "name": "c", "resources": {
+            "limits": { "cpu": "1", "memory": "128Mi" }
+        }}));
+        assert_eq!(ops, json!([]));
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn each_resource_is_judged_on_its_own() {
+        // memory limit only (Kubernetes defaults its request to it); cpu has nothing.
+        let (ops, _) =
+            run(json!({ "name": "c", "resources": { "limits": { "memory": "128Mi" } } }));
+        assert_eq!(
+            ops,
+            json!([
+                { "op": "add", "path": format!("{R}/limits/cpu"), "value": "500m" },
+                { "op": "add", "path": format!("{R}/requests"), "value": { "cpu": "50m" } },
+            ])
+        );
+    }
+
+    #[test]
+    fn complete_resources_ask_for_nothing() {
+        let (ops, _) = run(json!({ "name": "c", "resources": {
+            "limits": { "cpu": "1", "memory": "1Gi" },
+            "requests": { "cpu": "1", "memory": "1Gi" },
+            "claims": [{ "name": "gpu" }],
+        }}));
+        assert_eq!(ops, json!([]));
+    }
+
+    #[test]
+    fn resource_names_are_escaped_in_the_pointer() {
+        let mut defaults = ResourceDefaults::default();
+        defaults.limits.clear();
+        defaults.requests.clear();
+        defaults.limits.insert(
+            "example.com/gpu~x".to_owned(),
+            DefaultQuantity::parse("1").unwrap(),
+        );
+        let (ops, _) = run_with(
+            json!({ "name": "c", "resources": { "limits": { "cpu": "1" } } }),
+            &defaults,
+        );
+        assert_eq!(
+            ops,
+            json!([{ "op": "add", "path": format!("{R}/limits/example.com~1gpu~0x"), "value": "1" }])
+        );
+    }
+
+    #[test]
+    fn a_default_limit_without_default_request_adds_only_the_limit() {
+        let mut defaults = ResourceDefaults::default();
+        defaults.requests.remove("memory");
+        let (ops, changes) = run_with(json!({ "name": "c" }), &defaults);
+        assert_eq!(
+            ops[0]["value"],
+            json!({ "limits": { "cpu": "500m", "memory": "512Mi" }, "requests": { "cpu": "50m" } })
+        );
+        assert_eq!(changes[1].kind, ChangeKind::Limit);
+    }
+
+    #[test]
+    fn validate_names_every_malformed_quantity() {
+        let c = container(json!({ "name": "c", "resources": {
+            "limits": { "cpu": "lots", "memory": "1Gi" },
+            "requests": { "example.com/x": "1.2.3" },
+        }}));
+        let init =
+            container(json!({ "name": "i", "resources": { "limits": { "memory": "1 Gi" } } }));
+        let errors: Vec<String> = validate(&[
+            ("containers", std::slice::from_ref(&c)),
+            ("initContainers", std::slice::from_ref(&init)),
+        ])
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let regex = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+        assert_eq!(
+            errors,
+            [
+                format!(
+                    r#"spec.template.spec.containers[0].resources.limits[cpu]: Invalid value: "lots": {regex}"#
+                ),
+                format!(
+                    r#"spec.template.spec.containers[0].resources.requests[example.com/x]: Invalid value: "1.2.3": {regex}"#
+                ),
+                format!(
+                    r#"spec.template.spec.initContainers[0].resources.limits[memory]: Invalid value: "1 Gi": {regex}"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_request_is_not_patched() {
+        let (ops, _) = run(json!({ "name": "c", "resources": { "requests": { "cpu": "lots" } } }));
+        assert_eq!(
+            ops,
+            json!([{ "op": "add", "path": format!("{R}/limits"), "value": { "memory": "512Mi" } },
+                   { "op": "add", "path": format!("{R}/requests/memory"), "value": "64Mi" }])
+        );
+    }
+}
