@@ -337,6 +337,12 @@ fn decode(body: &[u8]) -> Result<AdmissionRequest, EnvelopeError> {
             "request body is empty; expected an admission.k8s.io/v1 AdmissionReview",
         ));
     }
+    // serde's derived decoding would also take a JSON array in field order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(EnvelopeError::bad_request(
+            "request body is not an AdmissionReview: expected a JSON object",
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let review: IncomingReview =
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -357,6 +363,11 @@ fn decode(body: &[u8]) -> Result<AdmissionRequest, EnvelopeError> {
         .request
         .filter(|raw| raw.get() != "null")
         .ok_or_else(|| EnvelopeError::bad_request("AdmissionReview has no request"))?;
+    if !raw_request.get().starts_with('{') {
+        return Err(EnvelopeError::bad_request(
+            "request body is not an AdmissionReview: request must be a JSON object",
+        ));
+    }
     let request: AdmissionRequest = serde_path_to_error::deserialize(
         &mut serde_json::Deserializer::from_str(raw_request.get()),
     )
@@ -627,6 +638,8 @@ mod tests {
             (b"{".to_vec(), "not valid JSON"),
             (b"null".to_vec(), "not an AdmissionReview"),
             (b"[1]".to_vec(), "not an AdmissionReview"),
+            (br#"["admission.k8s.io/v1","AdmissionReview",{}]"#.to_vec(), "expected a JSON object"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":["u"]}"#.to_vec(), "request must be a JSON object"),
             (b"{}".to_vec(), "expected apiVersion \"admission.k8s.io/v1\""),
             (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#.to_vec(), "admissionReviewVersions"),
             (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "has no request"),

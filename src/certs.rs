@@ -81,7 +81,12 @@ pub fn generate(
 
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = distinguished_name("daemonset-webhook development CA");
+    // A distinct name per CA, so a client trusting another development CA is told the issuer
+    // is unknown rather than that a signature is bad.
+    ca_params.distinguished_name = distinguished_name(&format!(
+        "daemonset-webhook development CA {}",
+        unique_suffix()
+    ));
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -117,6 +122,19 @@ pub fn generate(
         cert_pem: server_cert.pem(),
         key_pem: server_key.serialize_pem(),
     })
+}
+
+/// Eight hex digits that differ between CAs made by different processes or at different times.
+fn unique_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:08x}", hasher.finish() as u32)
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {

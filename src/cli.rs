@@ -134,6 +134,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "policy loaded"
     );
 
+    // Bind first: a port in use should not leave freshly generated certificates behind.
+    let (listener, local) = server::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     if args.tls_paths_defaulted {
         ensure_dev_certificate(&args.tls_cert, &args.tls_key)?;
     }
@@ -141,9 +145,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let resolver = Arc::new(tls::CertificateResolver::new(key));
     let tls_config = tls::server_config(resolver).map_err(|e| e.to_string())?;
 
-    let (listener, local) = server::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let state = AppState::new(policy);
     let ready = state.ready.clone();
     tracing::info!(address = %local, "listening on https://{local}");
