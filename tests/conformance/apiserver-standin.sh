@@ -14,6 +14,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 binary=${1:-$repo/target/debug/daemonset-webhook}
 standin=${STANDIN_DIR:-$repo/../shared/tools/apiserver-standin}
 [ -x "$binary" ] || { echo "no webhook binary at $binary (run cargo build first)" >&2; exit 2; }
+binary=$(realpath "$binary")
 [ -x "$standin/run.sh" ] || { echo "no apiserver-standin at $standin" >&2; exit 2; }
 
 work=$(mktemp -d)
