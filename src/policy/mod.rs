@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use json_patch::PatchOperation;
 use jsonptr::PointerBuf;
 use k8s_openapi::api::apps::v1::DaemonSet;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 pub use field::{FieldError, invalid_message};
@@ -131,20 +133,139 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// Judges one DaemonSet, given as the JSON object the API server sent.
+/// Judges one DaemonSet given as a JSON value (a parsed manifest).
 pub fn review(object: &Value, policy: &Policy) -> Verdict {
-    let daemonset: DaemonSet = match serde_path_to_error::deserialize(object) {
+    judge(
+        serde_path_to_error::deserialize(object),
+        ObjectShape::deserialize(object).unwrap_or_default(),
+        policy,
+    )
+}
+
+/// Judges one DaemonSet given as JSON text, as an AdmissionReview carries it. No tree of the
+/// whole object is built: the typed view skips fields it does not know without allocating, so
+/// a huge unknown field costs time, not memory.
+pub fn review_json(object: &str, policy: &Policy) -> Verdict {
+    judge(
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(object)),
+        serde_json::from_str(object).unwrap_or_default(),
+        policy,
+    )
+}
+
+/// What the typed view cannot tell: k8s-openapi makes an absent `spec.selector` an empty one,
+/// and a patch may only add under a pod spec that exists as an object.
+#[derive(Debug, Default, Deserialize)]
+struct ObjectShape {
+    #[serde(default)]
+    spec: Option<SpecShape>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SpecShape {
+    #[serde(default)]
+    selector: Given,
+    #[serde(default)]
+    template: Option<TemplateShape>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TemplateShape {
+    #[serde(default)]
+    spec: Given,
+}
+
+/// Whether a field was absent, null, an object, or something else. Its content is skipped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Given {
+    #[default]
+    Absent,
+    Null,
+    Object,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Given {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Given;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Given, E> {
+                Ok(Given::Null)
+            }
+            fn visit_none<E>(self) -> Result<Given, E> {
+                Ok(Given::Null)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Given, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Given::Object)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Given, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Given::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Given, E> {
+                Ok(Given::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Given, E> {
+                Ok(Given::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Given, E> {
+                Ok(Given::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Given, E> {
+                Ok(Given::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Given, E> {
+                Ok(Given::Other)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// serde_json's message without " at line L column C": the position in the API server's
+/// serialization of the object means nothing to the person who wrote it; the field path does.
+fn without_position(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    message
+        .strip_suffix(&position)
+        .map_or_else(|| message.clone(), str::to_owned)
+}
+
+fn judge(
+    decoded: Result<DaemonSet, serde_path_to_error::Error<serde_json::Error>>,
+    shape: ObjectShape,
+    policy: &Policy,
+) -> Verdict {
+    let daemonset = match decoded {
         Ok(daemonset) => daemonset,
         Err(error) => {
             return Verdict {
                 violations: vec![FieldError::type_invalid(
                     &field::Path::new(&error.path().to_string()),
-                    format!("not readable as an apps/v1 DaemonSet: {}", error.inner()),
+                    format!(
+                        "not readable as an apps/v1 DaemonSet: {}",
+                        without_position(error.inner())
+                    ),
                 )],
                 ..Verdict::default()
             };
         }
     };
+    let spec_shape = shape.spec.unwrap_or_default();
+    let selector_given = matches!(spec_shape.selector, Given::Object | Given::Other);
+    let pod_spec_given = spec_shape.template.is_some_and(|t| t.spec == Given::Object);
 
     let spec = &daemonset.spec;
     let template_labels = spec
@@ -152,9 +273,6 @@ pub fn review(object: &Value, policy: &Policy) -> Verdict {
         .metadata
         .as_ref()
         .and_then(|m| m.labels.as_ref());
-    let selector_given = object
-        .pointer("/spec/selector")
-        .is_some_and(|s| !s.is_null());
     let pod = spec.template.spec.as_ref();
     let containers = pod.map(|p| p.containers.as_slice()).unwrap_or_default();
     let init_containers = pod
@@ -182,11 +300,7 @@ pub fn review(object: &Value, policy: &Policy) -> Verdict {
 
     // Without a pod spec there is nowhere to patch; the API server rejects such an object for
     // its missing containers anyway.
-    let Some(pod) = pod.filter(|_| {
-        object
-            .pointer("/spec/template/spec")
-            .is_some_and(Value::is_object)
-    }) else {
+    let Some(pod) = pod.filter(|_| pod_spec_given) else {
         return verdict;
     };
     let pod_path = PointerBuf::from_tokens(["spec", "template", "spec"]);
@@ -457,6 +571,35 @@ mod tests {
             assert!(
                 selector::label_key_errors(key).is_empty() && !key.contains('/'),
                 "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn value_and_text_entry_points_agree() {
+        let mut no_selector = daemonset(json!({ "containers": [{ "name": "c" }] }));
+        no_selector["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("selector");
+        let mut null_selector = no_selector.clone();
+        null_selector["spec"]["selector"] = Value::Null;
+        let mut null_pod_spec = daemonset(Value::Null);
+        null_pod_spec["spec"]["template"]["spec"] = Value::Null;
+        for object in [
+            daemonset(json!({ "containers": [{ "name": "c" }], "hostNetwork": true })),
+            daemonset(json!({ "containers": "not a list" })),
+            daemonset(json!({ "restartPolicy": "Never", "containers": [] })),
+            no_selector,
+            null_selector,
+            null_pod_spec,
+            json!({}),
+        ] {
+            let text = serde_json::to_string(&object).unwrap();
+            assert_eq!(
+                review(&object, &Policy::default()),
+                review_json(&text, &Policy::default()),
+                "{text}"
             );
         }
     }

@@ -23,6 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::admission::{self, Endpoint, EnvelopeError};
 use crate::policy::Policy;
@@ -68,7 +69,23 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// A panic in a handler is a bug: answer 500 with a Status body and log it, and keep serving.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "a handler panicked; answering 500");
+    EnvelopeError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {detail}"),
+    )
+    .into_response()
 }
 
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
