@@ -37,6 +37,28 @@ pub struct Cli {
 pub enum Command {
     /// Serve POST /mutate and POST /validate over HTTPS (the default command).
     Serve(ServeArgs),
+    /// Make a CA and a serving certificate for the in-cluster Service, with the Secret and the
+    /// webhook configurations' caBundle patch for kustomize.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// The webhook's Service; the certificate is for <service>.<namespace>.svc.
+    #[arg(long, default_value = certs::SERVICE_NAME)]
+    pub service: String,
+    /// The Service's namespace (also the Secret's).
+    #[arg(long, default_value = certs::SERVICE_NAMESPACE)]
+    pub namespace: String,
+    /// Where to write ca.crt, tls.crt, tls.key, secret.yaml and webhook-ca-bundle.yaml.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// How long the CA and the certificate are valid.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub validity_days: i64,
+    /// Replace certificates already in --out-dir.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,10 +102,46 @@ pub fn main() -> ExitCode {
             args.tls_paths_defaulted = tls_paths_defaulted(sub);
             run_serve(args)
         }
+        Some(Command::Certs(args)) => run_certs(&args),
         None => {
             let mut args = cli.serve;
             args.tls_paths_defaulted = tls_paths_defaulted(&matches);
             run_serve(args)
+        }
+    }
+}
+
+fn run_certs(args: &CertsArgs) -> ExitCode {
+    let existing = args.out_dir.join(certs::CERT_FILE);
+    if existing.exists() && !args.force {
+        eprintln!(
+            "error: {} exists; pass --force to replace the certificates in {}",
+            existing.display(),
+            args.out_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let names = certs::service_dns_names(&args.service, &args.namespace);
+    let written = certs::generate(&names, args.validity_days)
+        .and_then(|generated| generated.write_kustomize(&args.out_dir, &args.namespace));
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote a CA and a certificate for {} (valid {} days) to {}/: {}, {}, {}, {}, {}",
+                names.join(", "),
+                args.validity_days,
+                args.out_dir.display(),
+                certs::CA_FILE,
+                certs::CERT_FILE,
+                certs::KEY_FILE,
+                certs::SECRET_FILE,
+                certs::CA_BUNDLE_PATCH_FILE,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
         }
     }
 }
