@@ -17,6 +17,9 @@ use serde_json::value::RawValue;
 use crate::policy::{self, FieldError, Policy, Verdict};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The largest AdmissionReview accepted. An object may be up to ~3 MiB in etcd and a review of an
+/// UPDATE carries it twice, plus the envelope.
+pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
 pub const KIND: &str = "AdmissionReview";
 
 /// Which webhook is being asked: the mutating one may patch, the validating one never does.

@@ -8,7 +8,11 @@ use std::sync::Arc;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use std::io::Write as _;
+
+use crate::admission;
 use crate::certs;
+use crate::check::{self, Format};
 use crate::config;
 use crate::server::{self, AppState, tls};
 
@@ -37,9 +41,85 @@ pub struct Cli {
 pub enum Command {
     /// Serve POST /mutate and POST /validate over HTTPS (the default command).
     Serve(ServeArgs),
+    /// Judge DaemonSet manifests as the webhook would, without a server or a cluster.
+    #[command(after_long_help = CHECK_HELP)]
+    Check(CheckArgs),
+    /// Answer one AdmissionReview (file or -) exactly as the server would.
+    #[command(after_long_help = REVIEW_HELP)]
+    Review(ReviewArgs),
     /// Make a CA and a serving certificate for the in-cluster Service, with the Secret and the
     /// webhook configurations' caBundle patch for kustomize.
     Certs(CertsArgs),
+}
+
+const CHECK_HELP: &str = "\
+Input: files, directories (searched recursively for *.yaml, *.yml, *.json) and - for standard
+input; YAML streams of many documents (helm template, kustomize build), JSON, and kind: List.
+Objects other than DaemonSets are passed over. extensions/v1beta1 and apps/v1beta2 DaemonSets
+are judged as apps/v1, as the API server converts them.
+
+Exit status:
+  0  every DaemonSet is valid (and, with --require-mutated, already complete)
+  1  a DaemonSet is invalid or of an unsupported apiVersion (or, with --require-mutated, would
+     still be patched)
+  2  an input or the policy file could not be read or parsed";
+
+const REVIEW_HELP: &str = "\
+Prints the AdmissionReview (or, for a malformed request, the metav1.Status) the server would
+answer, byte for byte.
+
+Exit status:
+  0  allowed
+  1  denied
+  2  not a well-formed AdmissionReview, or unreadable";
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Manifest files or directories, or - for standard input.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// What to print.
+    #[arg(long, short, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// Fail (exit 1) when the webhook would still patch a DaemonSet, so a repository can insist
+    /// its manifests already say what the cluster will store.
+    #[arg(long)]
+    pub require_mutated: bool,
+    /// Policy file (YAML), the same as `serve --config`.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Colour in text output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReviewArgs {
+    /// An AdmissionReview as JSON, or - for standard input.
+    #[arg(default_value = "-", value_name = "FILE")]
+    pub input: PathBuf,
+    /// Which webhook answers.
+    #[arg(long, value_enum, default_value_t = EndpointArg::Mutate)]
+    pub endpoint: EndpointArg,
+    /// Policy file (YAML), the same as `serve --config`.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EndpointArg {
+    /// POST /mutate
+    Mutate,
+    /// POST /validate
+    Validate,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,10 +183,98 @@ pub fn main() -> ExitCode {
             run_serve(args)
         }
         Some(Command::Certs(args)) => run_certs(&args),
+        Some(Command::Check(args)) => run_check(&args),
+        Some(Command::Review(args)) => run_review(&args),
         None => {
             let mut args = cli.serve;
             args.tls_paths_defaulted = tls_paths_defaulted(&matches);
             run_serve(args)
+        }
+    }
+}
+
+/// The policy of `--config`, or the built-in one; an unreadable file is exit status 2.
+fn load_policy(path: Option<&Path>) -> Result<crate::policy::Policy, ExitCode> {
+    match path {
+        None => Ok(Default::default()),
+        Some(path) => config::load(path).map_err(|error| {
+            eprintln!("error: {error}");
+            ExitCode::from(check::EXIT_INPUT_ERROR)
+        }),
+    }
+}
+
+fn run_check(args: &CheckArgs) -> ExitCode {
+    let policy = match load_policy(args.config.as_deref()) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    let options = check::Options {
+        format: args.output,
+        require_mutated: args.require_mutated,
+        color: color && args.output == Format::Text,
+    };
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut err = stderr.lock();
+    let summary = check::run(&args.paths, &policy, options, &mut out, &mut err);
+    drop(out);
+    ExitCode::from(summary.exit_code(args.require_mutated))
+}
+
+fn run_review(args: &ReviewArgs) -> ExitCode {
+    use std::io::Read as _;
+    let policy = match load_policy(args.config.as_deref()) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    let mut body = Vec::new();
+    let limit = admission::MAX_REVIEW_BYTES as u64 + 1;
+    let read = if args.input.as_os_str() == "-" {
+        std::io::stdin().lock().take(limit).read_to_end(&mut body)
+    } else {
+        std::fs::File::open(&args.input).and_then(|f| f.take(limit).read_to_end(&mut body))
+    };
+    if let Err(error) = read {
+        eprintln!("error: {}: {error}", args.input.display());
+        return ExitCode::from(check::EXIT_INPUT_ERROR);
+    }
+    let endpoint = match args.endpoint {
+        EndpointArg::Mutate => admission::Endpoint::Mutate,
+        EndpointArg::Validate => admission::Endpoint::Validate,
+    };
+    let answer = if body.len() > admission::MAX_REVIEW_BYTES {
+        Err(admission::EnvelopeError::new(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than {} bytes",
+                admission::MAX_REVIEW_BYTES
+            ),
+        ))
+    } else {
+        admission::review(&body, endpoint, &policy)
+    };
+    let mut stdout = std::io::stdout().lock();
+    match answer {
+        Ok(outcome) => {
+            let _ = stdout.write_all(&outcome.body);
+            let _ = stdout.write_all(b"\n");
+            ExitCode::from(if outcome.response.allowed { 0 } else { 1 })
+        }
+        Err(error) => {
+            let _ = stdout.write_all(&error.to_status_json());
+            let _ = stdout.write_all(b"\n");
+            eprintln!("error: {}", error.message);
+            ExitCode::from(check::EXIT_INPUT_ERROR)
         }
     }
 }

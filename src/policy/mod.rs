@@ -44,6 +44,18 @@ pub enum ChangeKind {
     LimitAndRequest,
 }
 
+impl ChangeKind {
+    /// The name reports and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::TolerationAdded => "TolerationAdded",
+            ChangeKind::TolerationUpdated => "TolerationUpdated",
+            ChangeKind::Limit => "LimitAdded",
+            ChangeKind::LimitAndRequest => "LimitAndRequestAdded",
+        }
+    }
+}
+
 /// One change the patch makes, explained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {

@@ -28,9 +28,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::admission::{self, Endpoint, EnvelopeError};
 use crate::policy::Policy;
 
-/// The largest AdmissionReview accepted. An object may be up to ~3 MiB in etcd and a review of an
-/// UPDATE carries it twice, plus the envelope.
-pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+/// The largest AdmissionReview accepted.
+pub const MAX_BODY_BYTES: usize = admission::MAX_REVIEW_BYTES;
 /// How long a client may take to send a request body (a slow client must not hold a task).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send request headers, and to stay idle between requests.

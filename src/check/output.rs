@@ -1,0 +1,322 @@
+//! How `check` reports: human text, a JSON report for tools, JSON Patches, or the patched
+//! documents as YAML.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use super::{Finding, InputError, Options, Status, Summary};
+use crate::policy::{ChangeKind, invalid_message};
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One block per DaemonSet, for people (colour on a terminal).
+    Text,
+    /// One JSON report (kind CheckReport) for tools; the schema is in the README.
+    Json,
+    /// One JSON line per DaemonSet the webhook would patch, with its RFC 6902 patch.
+    Patch,
+    /// Every document, DaemonSets patched as the webhook would, as a YAML stream.
+    Yaml,
+}
+
+/// The `apiVersion` and `kind` of the JSON report; a change to its shape changes the version.
+pub const REPORT_API_VERSION: &str = "daemonset-webhook.io/v1";
+pub const REPORT_KIND: &str = "CheckReport";
+
+const RESET: &str = "\x1b[0m";
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const BOLD: &str = "\x1b[1m";
+
+pub(super) struct Reporter<'a> {
+    options: Options,
+    out: &'a mut dyn Write,
+    err: &'a mut dyn Write,
+    summary: Summary,
+    files: usize,
+    results: Vec<Value>,
+    errors: Vec<Value>,
+    /// A `# Source:` comment owed before the next YAML document.
+    source: Option<String>,
+}
+
+impl<'a> Reporter<'a> {
+    pub(super) fn new(options: Options, out: &'a mut dyn Write, err: &'a mut dyn Write) -> Self {
+        Self {
+            options,
+            out,
+            err,
+            summary: Summary::default(),
+            files: 0,
+            results: Vec::new(),
+            errors: Vec::new(),
+            source: None,
+        }
+    }
+
+    fn paint(&self, color: &str, text: &str) -> String {
+        if self.options.color {
+            format!("{color}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    pub(super) fn start_file(&mut self, file: &str, several: bool) {
+        self.files += 1;
+        self.source = several.then(|| file.to_owned());
+    }
+
+    pub(super) fn skipped(&mut self) {
+        self.summary.skipped += 1;
+    }
+
+    pub(super) fn error(&mut self, error: &InputError) {
+        self.summary.errors += 1;
+        let mut location = error.file.clone();
+        if let Some(line) = error.line {
+            location.push_str(&format!(":{line}"));
+            if let Some(column) = error.column {
+                location.push_str(&format!(":{column}"));
+            }
+        }
+        match self.options.format {
+            Format::Json => self.errors.push(json!({
+                "file": error.file,
+                "line": error.line,
+                "column": error.column,
+                "message": error.message,
+            })),
+            Format::Text => {
+                let tag = self.paint(&format!("{BOLD}{RED}"), "error      ");
+                let _ = writeln!(self.out, "{tag} {location}: {}", error.message);
+            }
+            Format::Patch | Format::Yaml => {
+                let _ = writeln!(self.err, "error: {location}: {}", error.message);
+            }
+        }
+    }
+
+    /// Reports a document's DaemonSets; `document` is the document with their patches applied.
+    pub(super) fn document(&mut self, findings: &[Finding], document: &Value) {
+        for finding in findings {
+            self.summary.count(finding.status());
+            match self.options.format {
+                Format::Text => self.text(finding),
+                Format::Json => self.results.push(finding_json(finding)),
+                Format::Patch => {
+                    if finding.status() == Status::Incomplete {
+                        let line = json!({
+                            "file": finding.file,
+                            "document": finding.document,
+                            "line": finding.line,
+                            "item": finding.item,
+                            "namespace": finding.namespace,
+                            "name": finding.name,
+                            "patch": finding.verdict.as_ref().map(|v| v.patch()),
+                        });
+                        let _ = writeln!(self.out, "{line}");
+                    }
+                    self.problems_to_stderr(finding);
+                }
+                Format::Yaml => self.problems_to_stderr(finding),
+            }
+        }
+        if self.options.format == Format::Yaml {
+            match serde_saphyr::to_string(document) {
+                Ok(yaml) => {
+                    let _ = writeln!(self.out, "---");
+                    if let Some(file) = self.source.take() {
+                        let _ = writeln!(self.out, "# Source: {file}");
+                    }
+                    let _ = write!(self.out, "{yaml}");
+                }
+                Err(error) => {
+                    self.summary.errors += 1;
+                    let _ = writeln!(self.err, "error: writing YAML: {error}");
+                }
+            }
+        }
+    }
+
+    /// For the data formats: say on stderr why a DaemonSet was not patched.
+    fn problems_to_stderr(&mut self, finding: &Finding) {
+        match finding.status() {
+            Status::Invalid => {
+                let verdict = finding.verdict.as_ref().expect("invalid means judged");
+                let _ = writeln!(
+                    self.err,
+                    "invalid: {}: {}",
+                    finding.location(),
+                    invalid_message(&finding.name, &verdict.violations)
+                );
+            }
+            Status::Unsupported => {
+                let _ = writeln!(
+                    self.err,
+                    "unsupported: {}: {}",
+                    finding.location(),
+                    unsupported_message(finding)
+                );
+            }
+            Status::Complete | Status::Incomplete => {}
+        }
+    }
+
+    fn text(&mut self, finding: &Finding) {
+        let status = finding.status();
+        let (color, tag) = match status {
+            Status::Complete => (GREEN, "complete   "),
+            Status::Incomplete => (YELLOW, "incomplete "),
+            Status::Invalid => (RED, "invalid    "),
+            Status::Unsupported => (RED, "unsupported"),
+        };
+        let tag = self.paint(color, tag);
+        let mut block = format!(
+            "{tag} {} DaemonSet {} ({})\n",
+            finding.location(),
+            finding.object(),
+            finding.api_version
+        );
+        if let Some(note) = finding.note {
+            block.push_str(&format!("    note: {note}\n"));
+        }
+        match (&finding.verdict, status) {
+            (None, _) => block.push_str(&format!("    {}\n", unsupported_message(finding))),
+            (Some(verdict), Status::Invalid) => {
+                for violation in &verdict.violations {
+                    block.push_str(&format!("    - {violation}\n"));
+                }
+            }
+            (Some(verdict), _) => {
+                // The standard tolerations in one line; each of the rest on its own.
+                let added: Vec<&str> = verdict
+                    .changes
+                    .iter()
+                    .filter(|c| c.kind == ChangeKind::TolerationAdded)
+                    .map(|c| c.subject.as_str())
+                    .collect();
+                if !added.is_empty() {
+                    block.push_str(&format!(
+                        "    + add the tolerations the DaemonSet controller gives every daemon pod: {}\n",
+                        added.join(", ")
+                    ));
+                }
+                for change in verdict
+                    .changes
+                    .iter()
+                    .filter(|c| c.kind != ChangeKind::TolerationAdded)
+                {
+                    block.push_str(&format!("    + {}\n", change.message));
+                }
+            }
+        }
+        let _ = write!(self.out, "{block}");
+    }
+
+    pub(super) fn finish(mut self) -> Summary {
+        let summary = self.summary;
+        match self.options.format {
+            Format::Json => {
+                let report = json!({
+                    "apiVersion": REPORT_API_VERSION,
+                    "kind": REPORT_KIND,
+                    "results": self.results,
+                    "errors": self.errors,
+                    "summary": {
+                        "files": self.files,
+                        "daemonSets": summary.daemon_sets,
+                        "complete": summary.complete,
+                        "incomplete": summary.incomplete,
+                        "invalid": summary.invalid,
+                        "unsupported": summary.unsupported,
+                        "skipped": summary.skipped,
+                        "errors": summary.errors,
+                        "exitCode": summary.exit_code(self.options.require_mutated),
+                    },
+                });
+                let _ = serde_json::to_writer_pretty(&mut self.out, &report);
+                let _ = writeln!(self.out);
+            }
+            Format::Text => {
+                let line = summary_line(&summary, self.files);
+                let _ = writeln!(self.out, "{line}");
+                if self.options.require_mutated && summary.incomplete > 0 {
+                    let _ = writeln!(
+                        self.out,
+                        "--require-mutated: {} DaemonSet(s) lack what the webhook would add; \
+                         write it in (`check --output yaml`) or apply the patch",
+                        summary.incomplete
+                    );
+                }
+            }
+            Format::Patch | Format::Yaml => {
+                let _ = writeln!(self.err, "{}", summary_line(&summary, self.files));
+            }
+        }
+        let _ = self.out.flush();
+        summary
+    }
+}
+
+fn summary_line(summary: &Summary, files: usize) -> String {
+    let mut line = format!(
+        "checked {} DaemonSet(s) in {files} input(s): {} complete, {} would be patched, {} invalid",
+        summary.daemon_sets, summary.complete, summary.incomplete, summary.invalid
+    );
+    if summary.unsupported > 0 {
+        line.push_str(&format!(", {} unsupported", summary.unsupported));
+    }
+    line.push_str(&format!(
+        "; {} other object(s) passed over",
+        summary.skipped
+    ));
+    if summary.errors > 0 {
+        line.push_str(&format!("; {} input error(s)", summary.errors));
+    }
+    line
+}
+
+fn unsupported_message(finding: &Finding) -> String {
+    format!(
+        "apiVersion {:?} never served DaemonSets; use apps/v1 (extensions/v1beta1 and apps/v1beta2 are judged as apps/v1)",
+        finding.api_version
+    )
+}
+
+/// One entry of the JSON report's `results`.
+fn finding_json(finding: &Finding) -> Value {
+    let status = finding.status();
+    let verdict = finding.verdict.as_ref();
+    json!({
+        "file": finding.file,
+        "document": finding.document,
+        "line": finding.line,
+        "item": finding.item,
+        "apiVersion": finding.api_version,
+        "kind": "DaemonSet",
+        "namespace": finding.namespace,
+        "name": finding.name,
+        "status": status.as_str(),
+        "note": finding.note,
+        "message": match status {
+            Status::Invalid => Some(invalid_message(&finding.name, &verdict.map(|v| v.violations.clone()).unwrap_or_default())),
+            Status::Unsupported => Some(unsupported_message(finding)),
+            Status::Complete | Status::Incomplete => None,
+        },
+        "violations": verdict.map(|v| v.violations.iter().map(|violation| json!({
+            "field": violation.field,
+            "type": violation.cause_type(),
+            "message": violation.body(),
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+        "changes": verdict.map(|v| v.changes.iter().map(|change| json!({
+            "kind": change.kind.as_str(),
+            "subject": change.subject,
+            "message": change.message,
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+        "patch": verdict.map(|v| v.patch()).unwrap_or_default(),
+    })
+}
