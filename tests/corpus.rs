@@ -22,9 +22,16 @@ fn corpus_files() -> Vec<PathBuf> {
     files
 }
 
+/// The file's one document, read as `check` reads manifests.
 fn load(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let file = std::fs::File::open(path).unwrap();
+    let mut documents = Vec::new();
+    daemonset_webhook::check::input::for_each_document(file, |doc| documents.push(doc));
+    assert_eq!(documents.len(), 1, "{}", path.display());
+    documents
+        .remove(0)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()))
+        .value
 }
 
 fn admission_review(object: &Value, uid: &str) -> Vec<u8> {
