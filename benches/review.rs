@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
         let body = fixture(name);
         let object = object_of(&body);
         c.bench_function(&format!("policy::review {name}"), |b| {
-            b.iter(|| policy::review(black_box(&object), &policy))
+            b.iter(|| policy::review(black_box(&object), None, &policy))
         });
         c.bench_function(&format!("admission::review /mutate {name}"), |b| {
             b.iter(|| admission::review(black_box(&body), Endpoint::Mutate, &policy).unwrap())

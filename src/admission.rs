@@ -252,27 +252,24 @@ impl AdmissionResponse {
             }),
             code: StatusCode::UNPROCESSABLE_ENTITY.as_u16(),
         });
-        self.audit_annotations.insert(
-            "violations".to_owned(),
-            violations
-                .iter()
-                .map(|v| v.field.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
         self
     }
 
     fn with_patch(mut self, verdict: &Verdict) -> Self {
         let operations = verdict.patch();
-        if operations.is_empty() {
-            return self;
+        if !operations.is_empty() {
+            let bytes = serde_json::to_vec(&operations).unwrap_or_default();
+            self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+            self.patch_type = Some("JSONPatch");
         }
-        let bytes = serde_json::to_vec(&operations).unwrap_or_default();
-        self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
-        self.patch_type = Some("JSONPatch");
-        self.warnings = verdict.warnings();
-        self.audit_annotations = verdict.audit_annotations();
+        self
+    }
+
+    /// Warnings and audit annotations explaining the verdict; the changes only where the
+    /// response can make them (`mutations`).
+    fn explained(mut self, verdict: &Verdict, mutations: bool) -> Self {
+        self.warnings = verdict.warnings(mutations);
+        self.audit_annotations = verdict.audit_annotations(mutations);
         self
     }
 
@@ -303,6 +300,8 @@ pub struct ReviewOutcome {
     pub body: Vec<u8>,
     pub response: AdmissionResponse,
     pub summary: ReviewSummary,
+    /// The policy's verdict, when a DaemonSet was judged (not for other kinds or operations).
+    pub verdict: Option<Verdict>,
 }
 
 /// Reviews one encoded AdmissionReview.
@@ -312,7 +311,11 @@ pub fn review(
     policy: &Policy,
 ) -> Result<ReviewOutcome, EnvelopeError> {
     let request = decode(body)?;
-    let (response, patch_operations) = respond(&request, endpoint, policy)?;
+    let (response, verdict) = respond(&request, endpoint, policy)?;
+    let patch_operations = verdict
+        .as_ref()
+        .filter(|_| response.patch.is_some())
+        .map_or(0, |v| v.operations.len());
     let summary = ReviewSummary {
         uid: request.uid.clone(),
         operation: request.operation.clone(),
@@ -333,6 +336,7 @@ pub fn review(
         body,
         response,
         summary,
+        verdict,
     })
 }
 
@@ -409,7 +413,7 @@ fn respond(
     request: &AdmissionRequest<'_>,
     endpoint: Endpoint,
     policy: &Policy,
-) -> Result<(AdmissionResponse, usize), EnvelopeError> {
+) -> Result<(AdmissionResponse, Option<Verdict>), EnvelopeError> {
     let allow = AdmissionResponse::allow(request);
     if !is_daemonset(&request.kind)
         || request
@@ -424,10 +428,10 @@ fn respond(
             "allowing a review of something other than an apps/v1 DaemonSet untouched; \
              check the webhook configuration's rules"
         );
-        return Ok((allow, 0));
+        return Ok((allow, None));
     }
     if !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
-        return Ok((allow, 0));
+        return Ok((allow, None));
     }
     let object = match request.object {
         Some(object) if object.get().starts_with('{') => object.get(),
@@ -443,17 +447,16 @@ fn respond(
             )));
         }
     };
-    let verdict = policy::review_json(object, policy);
-    if !verdict.violations.is_empty() {
-        return Ok((
-            allow.deny_invalid(&object_name(request), &verdict.violations),
-            0,
-        ));
-    }
-    Ok(match endpoint {
-        Endpoint::Mutate => (allow.with_patch(&verdict), verdict.operations.len()),
-        Endpoint::Validate => (allow, 0),
-    })
+    let verdict = policy::review_json(object, request.namespace.as_deref(), policy);
+    let mutates = endpoint == Endpoint::Mutate && verdict.allowed();
+    let response = if !verdict.allowed() {
+        allow.deny_invalid(&object_name(request), &verdict.violations)
+    } else if mutates {
+        allow.with_patch(&verdict)
+    } else {
+        allow
+    };
+    Ok((response.explained(&verdict, mutates), Some(verdict)))
 }
 
 fn is_daemonset(kind: &GroupVersionKind) -> bool {

@@ -50,6 +50,20 @@ pub enum Command {
     /// Make a CA and a serving certificate for the in-cluster Service, with the Secret and the
     /// webhook configurations' caBundle patch for kustomize.
     Certs(CertsArgs),
+    /// Work with the policy file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a policy file and print the policy it makes (exit 0), or the error naming the
+    /// line and field (exit 2).
+    Check {
+        /// The policy file (YAML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 const CHECK_HELP: &str = "\
@@ -185,6 +199,16 @@ pub fn main() -> ExitCode {
         Some(Command::Certs(args)) => run_certs(&args),
         Some(Command::Check(args)) => run_check(&args),
         Some(Command::Review(args)) => run_review(&args),
+        Some(Command::Config(ConfigCommand::Check { file })) => match config::load(&file) {
+            Ok(policy) => {
+                println!("{}: ok: {}", file.display(), config::describe(&policy));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(check::EXIT_INPUT_ERROR)
+            }
+        },
         None => {
             let mut args = cli.serve;
             args.tls_paths_defaulted = tls_paths_defaulted(&matches);
@@ -357,6 +381,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     tracing::info!(
         config = %args.config.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string()),
+        policy = %config::describe(&policy),
         "policy loaded"
     );
 

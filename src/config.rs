@@ -1,27 +1,47 @@
-//! The policy file: YAML, every key optional, unknown keys rejected (they are typos).
+//! The policy file: YAML, every key optional, unknown keys rejected (they are typos). Errors
+//! name the line and the field.
 //!
 //! ```yaml
+//! rules:                      # each: enforce (deny / patch), warn, or off
+//!   selector: enforce
+//!   restartPolicy: enforce
+//!   tolerations: enforce
+//!   resources: enforce
+//! tolerations:
+//!   extra:                    # required of every DaemonSet besides the controller's own
+//!     - key: node-role.kubernetes.io/control-plane
+//!       operator: Exists
+//!       effect: NoSchedule
 //! resources:
-//!   default:          # limits, LimitRange's word for them
+//!   default:                  # limits, LimitRange's word for them
 //!     cpu: 500m
 //!     memory: 512Mi
-//!   defaultRequest:   # requests for a resource that has neither
+//!   defaultRequest:           # requests for a resource that has neither
 //!     cpu: 50m
 //!     memory: 64Mi
+//!   initContainers: true
+//! exemptions:
+//!   namespaces: []
 //! ```
 //!
-//! A map given replaces the built-in one: the resources it lists are the ones defaulted.
+//! A resource map given replaces the built-in one: the resources it lists are the ones defaulted.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_saphyr::Spanned;
 
-use crate::policy::selector::label_key_errors;
-use crate::policy::{DefaultQuantity, Policy, ResourceDefaults};
+use crate::policy::selector::{label_key_errors, label_value_errors};
+use crate::policy::tolerations::{
+    EQUAL, EXISTS, NO_EXECUTE, NO_SCHEDULE, Origin, PREFER_NO_SCHEDULE,
+};
+use crate::policy::{
+    DefaultQuantity, Exemptions, Mode, Policy, RequiredToleration, ResourceDefaults, Rules,
+};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy file {path}: {message}")]
 pub struct ConfigError {
     pub path: PathBuf,
@@ -32,16 +52,82 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PolicyFile {
     #[serde(default)]
-    resources: Option<ResourcesFile>,
+    rules: RulesFile,
+    #[serde(default)]
+    tolerations: TolerationsFile,
+    #[serde(default)]
+    resources: ResourcesFile,
+    #[serde(default)]
+    exemptions: ExemptionsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RulesFile {
+    #[serde(default)]
+    selector: Option<ModeFile>,
+    #[serde(default)]
+    restart_policy: Option<ModeFile>,
+    #[serde(default)]
+    tolerations: Option<ModeFile>,
+    #[serde(default)]
+    resources: Option<ModeFile>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeFile {
+    Enforce,
+    Warn,
+    Off,
+}
+
+impl From<ModeFile> for Mode {
+    fn from(mode: ModeFile) -> Self {
+        match mode {
+            ModeFile::Enforce => Mode::Enforce,
+            ModeFile::Warn => Mode::Warn,
+            ModeFile::Off => Mode::Off,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TolerationsFile {
+    #[serde(default)]
+    extra: Vec<Spanned<TolerationFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TolerationFile {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    operator: Option<String>,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    effect: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ResourcesFile {
     #[serde(default)]
-    default: Option<BTreeMap<String, Scalar>>,
+    default: Option<BTreeMap<String, Spanned<Scalar>>>,
     #[serde(default)]
-    default_request: Option<BTreeMap<String, Scalar>>,
+    default_request: Option<BTreeMap<String, Spanned<Scalar>>>,
+    #[serde(default)]
+    init_containers: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExemptionsFile {
+    #[serde(default)]
+    namespaces: Vec<Spanned<String>>,
 }
 
 /// A quantity as YAML lets people write it: `500m`, `1`, `0.5`.
@@ -73,48 +159,138 @@ pub fn load(path: &Path) -> Result<Policy, ConfigError> {
     parse(&text).map_err(error)
 }
 
-/// Parses and validates a policy file's text.
+/// Parses and validates a policy file's text. The file is our own format, so YAML 1.2: only
+/// `true` and `false` are booleans (`off` is a mode, not `false`).
 pub fn parse(text: &str) -> Result<Policy, String> {
     if text.trim().is_empty() {
         return Ok(Policy::default());
     }
-    let file: Option<PolicyFile> = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let file: Option<PolicyFile> =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            // The first line of serde-saphyr's report, without its own "error: " prefix.
+            let report = e.to_string();
+            let first = report.lines().next().unwrap_or_default();
+            first.strip_prefix("error: ").unwrap_or(first).to_owned()
+        })?;
     let file = file.unwrap_or_default();
-    let mut policy = Policy::default();
-    if let Some(resources) = file.resources {
-        policy.resources = resource_defaults(resources, policy.resources)?;
+    let built_in = Policy::default();
+    let rules = file.rules;
+    let mode = |m: Option<ModeFile>| m.map_or(Mode::Enforce, Mode::from);
+    Ok(Policy {
+        rules: Rules {
+            selector: mode(rules.selector),
+            restart_policy: mode(rules.restart_policy),
+            tolerations: mode(rules.tolerations),
+            resources: mode(rules.resources),
+        },
+        extra_tolerations: file
+            .tolerations
+            .extra
+            .iter()
+            .enumerate()
+            .map(|(i, t)| toleration(i, t))
+            .collect::<Result<_, _>>()?,
+        resources: resource_defaults(&file.resources, built_in.resources)?,
+        init_containers: file.resources.init_containers.unwrap_or(true),
+        exemptions: Exemptions {
+            namespaces: file
+                .exemptions
+                .namespaces
+                .iter()
+                .map(|n| {
+                    let problems = crate::policy::selector::label_value_errors(&n.value);
+                    if n.value.is_empty() || !problems.is_empty() {
+                        Err(format!(
+                            "line {}: exemptions.namespaces: {:?} is not a namespace name",
+                            n.defined.line(),
+                            n.value
+                        ))
+                    } else {
+                        Ok(n.value.clone())
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        },
+    })
+}
+
+fn toleration(
+    index: usize,
+    spanned: &Spanned<TolerationFile>,
+) -> Result<RequiredToleration, String> {
+    let t = &spanned.value;
+    let at = format!(
+        "line {}: tolerations.extra[{index}]",
+        spanned.defined.line()
+    );
+    let operator = t.operator.clone().unwrap_or_else(|| EXISTS.to_owned());
+    match operator.as_str() {
+        EXISTS if !t.value.is_empty() => {
+            return Err(format!("{at}.value: must be empty when operator is Exists"));
+        }
+        EXISTS => {}
+        EQUAL if t.key.is_empty() => {
+            return Err(format!("{at}.key: required when operator is Equal"));
+        }
+        EQUAL => {
+            if let Some(problem) = label_value_errors(&t.value).first() {
+                return Err(format!("{at}.value: {:?}: {problem}", t.value));
+            }
+        }
+        other => {
+            return Err(format!(
+                "{at}.operator: {other:?}: supported values: \"Exists\", \"Equal\""
+            ));
+        }
     }
-    Ok(policy)
+    if let Some(problem) = label_key_errors(&t.key).first().filter(|_| !t.key.is_empty()) {
+        return Err(format!("{at}.key: {:?}: {problem}", t.key));
+    }
+    if !["", NO_SCHEDULE, PREFER_NO_SCHEDULE, NO_EXECUTE].contains(&t.effect.as_str()) {
+        return Err(format!(
+            "{at}.effect: {:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\" (or none for all)",
+            t.effect
+        ));
+    }
+    Ok(RequiredToleration {
+        key: t.key.clone().into(),
+        operator: operator.into(),
+        value: t.value.clone().into(),
+        effect: t.effect.clone().into(),
+        origin: Origin::Policy,
+    })
 }
 
 fn resource_defaults(
-    file: ResourcesFile,
+    file: &ResourcesFile,
     built_in: ResourceDefaults,
 ) -> Result<ResourceDefaults, String> {
-    let quantities = |map: Option<BTreeMap<String, Scalar>>, key: &str, fallback| match map {
-        None => Ok(fallback),
-        Some(map) => map
-            .into_iter()
+    let quantities = |map: &Option<BTreeMap<String, Spanned<Scalar>>>, key: &str, fallback| {
+        let Some(map) = map else {
+            return Ok(fallback);
+        };
+        map.iter()
             .map(|(name, value)| {
-                let field = format!("resources.{key}.{name}");
-                if let Some(message) = label_key_errors(&name).first() {
+                let field = format!("line {}: resources.{key}.{name}", value.defined.line());
+                if let Some(message) = label_key_errors(name).first() {
                     return Err(format!(
                         "{field}: {name:?} is not a resource name: {message}"
                     ));
                 }
-                let text = value.to_string();
+                let text = value.value.to_string();
                 let quantity =
                     DefaultQuantity::parse(&text).map_err(|e| format!("{field}: {text:?}: {e}"))?;
                 if quantity.value.is_negative() {
                     return Err(format!("{field}: {text:?} must not be negative"));
                 }
-                Ok((name, quantity))
+                Ok((name.clone(), quantity))
             })
-            .collect::<Result<BTreeMap<_, _>, String>>(),
+            .collect::<Result<BTreeMap<_, _>, String>>()
     };
     let defaults = ResourceDefaults {
-        limits: quantities(file.default, "default", built_in.limits)?,
-        requests: quantities(file.default_request, "defaultRequest", built_in.requests)?,
+        limits: quantities(&file.default, "default", built_in.limits)?,
+        requests: quantities(&file.default_request, "defaultRequest", built_in.requests)?,
     };
     for (name, request) in &defaults.requests {
         let Some(limit) = defaults.limits.get(name) else {
@@ -134,6 +310,45 @@ fn resource_defaults(
     Ok(defaults)
 }
 
+/// A one-line description of a policy, for logs and `config check`.
+pub fn describe(policy: &Policy) -> String {
+    let rules = policy.rules;
+    let quantities = |map: &BTreeMap<String, DefaultQuantity>| {
+        map.iter()
+            .map(|(name, q)| format!("{name}={}", q.text))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "rules selector={} restartPolicy={} tolerations={} resources={}; extra tolerations [{}]; \
+         limits {}; requests {}; init containers {}; exempt namespaces [{}]",
+        rules.selector.as_str(),
+        rules.restart_policy.as_str(),
+        rules.tolerations.as_str(),
+        rules.resources.as_str(),
+        policy
+            .extra_tolerations
+            .iter()
+            .map(RequiredToleration::describe)
+            .collect::<Vec<_>>()
+            .join(", "),
+        quantities(&policy.resources.limits),
+        quantities(&policy.resources.requests),
+        if policy.init_containers {
+            "included"
+        } else {
+            "excluded"
+        },
+        policy
+            .exemptions
+            .namespaces
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +363,10 @@ mod tests {
     fn empty_file_means_built_in_defaults() {
         assert_eq!(parse("").unwrap(), Policy::default());
         assert_eq!(parse("# nothing\n").unwrap(), Policy::default());
-        assert_eq!(parse("resources: {}\n").unwrap(), Policy::default());
+        assert_eq!(
+            parse("resources: {}\nrules: {}\n").unwrap(),
+            Policy::default()
+        );
     }
 
     #[test]
@@ -168,14 +386,43 @@ mod tests {
                 ("memory".into(), "64Mi".into())
             ]
         );
+        assert_eq!(policy.rules, Rules::default());
+        assert!(policy.init_containers);
+        assert!(policy.extra_tolerations.is_empty());
+        assert!(policy.exemptions.namespaces.is_empty());
     }
 
     #[test]
-    fn maps_replace_the_built_in_ones() {
+    fn the_documented_example_parses_to_what_it_says() {
+        let example = include_str!("../examples/policy.yaml");
+        let policy = parse(example).unwrap();
+        assert_eq!(policy.rules.selector, Mode::Enforce);
+        assert_eq!(policy.extra_tolerations.len(), 1);
+        assert_eq!(
+            policy.extra_tolerations[0].describe(),
+            "node-role.kubernetes.io/control-plane:NoSchedule"
+        );
+    }
+
+    #[test]
+    fn every_key_is_read() {
         let policy = parse(
-            "resources:\n  default:\n    cpu: 1\n    memory: 1Gi\n    ephemeral-storage: 2Gi\n  defaultRequest:\n    cpu: 0.1\n",
+            "rules:\n  selector: warn\n  restartPolicy: off\n  tolerations: warn\n  resources: off\n\
+             tolerations:\n  extra:\n    - key: dedicated\n      operator: Equal\n      value: agents\n\
+             resources:\n  default:\n    cpu: 1\n    memory: 1Gi\n    ephemeral-storage: 2Gi\n  defaultRequest:\n    cpu: 0.1\n  initContainers: false\n\
+             exemptions:\n  namespaces: [kube-system, monitoring]\n",
         )
         .unwrap();
+        assert_eq!(
+            policy.rules,
+            Rules {
+                selector: Mode::Warn,
+                restart_policy: Mode::Off,
+                tolerations: Mode::Warn,
+                resources: Mode::Off,
+            }
+        );
+        assert_eq!(policy.extra_tolerations[0].describe(), "dedicated=agents:*");
         assert_eq!(
             texts(&policy.resources.limits),
             [
@@ -188,29 +435,47 @@ mod tests {
             texts(&policy.resources.requests),
             [("cpu".into(), "0.1".into())]
         );
+        assert!(!policy.init_containers);
+        assert_eq!(
+            policy.exemptions.namespaces.iter().collect::<Vec<_>>(),
+            ["kube-system", "monitoring"]
+        );
+        assert!(describe(&policy).contains("restartPolicy=off"));
     }
 
     #[test]
-    fn unknown_keys_are_errors_naming_the_key() {
+    fn unknown_keys_are_errors_naming_the_key_and_line() {
         let err = parse("resource:\n  default: {}\n").unwrap_err();
         assert!(err.contains("resource"), "{err}");
         let err = parse("resources:\n  defaults:\n    cpu: 1\n").unwrap_err();
-        assert!(err.contains("defaults"), "{err}");
-        assert!(
-            err.contains("line 2") || err.contains("2:"),
-            "no line in: {err}"
-        );
+        assert!(err.contains("defaults") && err.contains("line 2"), "{err}");
+        let err = parse("rules:\n  selector: deny\n").unwrap_err();
+        assert!(err.contains("deny") && err.contains("line 2"), "{err}");
     }
 
     #[test]
-    fn bad_quantities_are_errors_naming_the_field() {
+    fn bad_values_are_errors_naming_the_line_and_field() {
         let err = parse("resources:\n  default:\n    cpu: lots\n").unwrap_err();
         assert!(
-            err.starts_with("resources.default.cpu: \"lots\": quantities must match"),
+            err.starts_with("line 3: resources.default.cpu: \"lots\": quantities must match"),
             "{err}"
         );
         let err = parse("resources:\n  default:\n    cpu: -1\n").unwrap_err();
         assert!(err.contains("must not be negative"), "{err}");
+        let err = parse("tolerations:\n  extra:\n    - key: a\n      operator: In\n").unwrap_err();
+        assert!(
+            err.starts_with("line 3: tolerations.extra[0].operator"),
+            "{err}"
+        );
+        let err = parse("tolerations:\n  extra:\n    - {key: a, value: b}\n").unwrap_err();
+        assert!(
+            err.contains("must be empty when operator is Exists"),
+            "{err}"
+        );
+        let err = parse("tolerations:\n  extra:\n    - {key: a, effect: Sometimes}\n").unwrap_err();
+        assert!(err.contains("effect"), "{err}");
+        let err = parse("exemptions:\n  namespaces: [\"Not A Name\"]\n").unwrap_err();
+        assert!(err.starts_with("line 2: exemptions.namespaces"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum Status {
     Incomplete,
     Invalid,
     Unsupported,
+    /// Exempt from the policy (annotation or namespace): allowed untouched.
+    Exempt,
 }
 
 impl Status {
@@ -67,6 +69,7 @@ impl Status {
             Status::Incomplete => "incomplete",
             Status::Invalid => "invalid",
             Status::Unsupported => "unsupported",
+            Status::Exempt => "exempt",
         }
     }
 }
@@ -75,6 +78,7 @@ impl Finding {
     pub fn status(&self) -> Status {
         match &self.verdict {
             None => Status::Unsupported,
+            Some(v) if v.exemption.is_some() => Status::Exempt,
             Some(v) if !v.allowed() => Status::Invalid,
             Some(v) if !v.operations.is_empty() => Status::Incomplete,
             Some(_) => Status::Complete,
@@ -116,6 +120,7 @@ pub struct Summary {
     pub incomplete: usize,
     pub invalid: usize,
     pub unsupported: usize,
+    pub exempt: usize,
     /// Objects that are not DaemonSets.
     pub skipped: usize,
     pub errors: usize,
@@ -129,6 +134,7 @@ impl Summary {
             Status::Incomplete => self.incomplete += 1,
             Status::Invalid => self.invalid += 1,
             Status::Unsupported => self.unsupported += 1,
+            Status::Exempt => self.exempt += 1,
         }
     }
 
@@ -307,7 +313,7 @@ pub fn judge(
         Ok(converted) => (
             api_version,
             converted.note,
-            Some(policy::review(&converted.object, policy)),
+            Some(policy::review(&converted.object, None, policy)),
         ),
         Err(()) => (api_version, None, None),
     })
@@ -360,7 +366,7 @@ mod tests {
         assert!(note.is_none());
         let verdict = verdict.unwrap();
         assert!(verdict.allowed());
-        assert_eq!(verdict, policy::review(&object, &Policy::default()));
+        assert_eq!(verdict, policy::review(&object, None, &Policy::default()));
     }
 
     #[test]
@@ -411,7 +417,7 @@ mod tests {
         let mut object = daemonset("apps/v1");
         object["spec"]["selector"] = json!({ "matchLabels": { "app": "agent" } });
         let mut list = json!({ "apiVersion": "v1", "kind": "List", "items": [{ "kind": "ConfigMap" }, object] });
-        let verdict = policy::review(&list["items"][1], &Policy::default());
+        let verdict = policy::review(&list["items"][1], None, &Policy::default());
         let finding = Finding {
             file: "f".into(),
             document: 1,
@@ -433,7 +439,7 @@ mod tests {
             6
         );
         assert!(
-            policy::review(&list["items"][1], &Policy::default())
+            policy::review(&list["items"][1], None, &Policy::default())
                 .operations
                 .is_empty()
         );

@@ -162,7 +162,7 @@ impl<'a> Reporter<'a> {
                     unsupported_message(finding)
                 );
             }
-            Status::Complete | Status::Incomplete => {}
+            Status::Complete | Status::Incomplete | Status::Exempt => {}
         }
     }
 
@@ -173,6 +173,7 @@ impl<'a> Reporter<'a> {
             Status::Incomplete => (YELLOW, "incomplete "),
             Status::Invalid => (RED, "invalid    "),
             Status::Unsupported => (RED, "unsupported"),
+            Status::Exempt => (GREEN, "exempt     "),
         };
         let tag = self.paint(color, tag);
         let mut block = format!(
@@ -186,6 +187,11 @@ impl<'a> Reporter<'a> {
         }
         match (&finding.verdict, status) {
             (None, _) => block.push_str(&format!("    {}\n", unsupported_message(finding))),
+            (Some(verdict), Status::Exempt) => {
+                for warning in verdict.warnings(false) {
+                    block.push_str(&format!("    {warning}\n"));
+                }
+            }
             (Some(verdict), Status::Invalid) => {
                 for violation in &verdict.violations {
                     block.push_str(&format!("    - {violation}\n"));
@@ -214,6 +220,24 @@ impl<'a> Reporter<'a> {
                 }
             }
         }
+        // What rules in warn mode found.
+        if let Some(verdict) = finding
+            .verdict
+            .as_ref()
+            .filter(|_| status != Status::Exempt)
+        {
+            for violation in &verdict.warned_violations {
+                block.push_str(&format!(
+                    "    ! would be denied (policy mode warn): {violation}\n"
+                ));
+            }
+            for change in &verdict.warned_changes {
+                block.push_str(&format!(
+                    "    ! not applied (policy mode warn): {}\n",
+                    change.message
+                ));
+            }
+        }
         let _ = write!(self.out, "{block}");
     }
 
@@ -233,6 +257,7 @@ impl<'a> Reporter<'a> {
                         "incomplete": summary.incomplete,
                         "invalid": summary.invalid,
                         "unsupported": summary.unsupported,
+                        "exempt": summary.exempt,
                         "skipped": summary.skipped,
                         "errors": summary.errors,
                         "exitCode": summary.exit_code(self.options.require_mutated),
@@ -270,6 +295,9 @@ fn summary_line(summary: &Summary, files: usize) -> String {
     if summary.unsupported > 0 {
         line.push_str(&format!(", {} unsupported", summary.unsupported));
     }
+    if summary.exempt > 0 {
+        line.push_str(&format!(", {} exempt", summary.exempt));
+    }
     line.push_str(&format!(
         "; {} other object(s) passed over",
         summary.skipped
@@ -305,8 +333,9 @@ fn finding_json(finding: &Finding) -> Value {
         "message": match status {
             Status::Invalid => Some(invalid_message(&finding.name, &verdict.map(|v| v.violations.clone()).unwrap_or_default())),
             Status::Unsupported => Some(unsupported_message(finding)),
-            Status::Complete | Status::Incomplete => None,
+            Status::Complete | Status::Incomplete | Status::Exempt => None,
         },
+        "warnings": verdict.map(|v| v.warnings(true)).unwrap_or_default(),
         "violations": verdict.map(|v| v.violations.iter().map(|violation| json!({
             "field": violation.field,
             "type": violation.cause_type(),

@@ -24,12 +24,78 @@ use serde_json::Value;
 
 pub use field::{FieldError, invalid_message};
 pub use resources::{DefaultQuantity, ResourceDefaults};
+pub use tolerations::RequiredToleration;
 
-/// The configurable part of the policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The configurable part of the policy: what the policy file sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    pub rules: Rules,
+    /// Tolerations every DaemonSet must carry besides the controller's.
+    pub extra_tolerations: Vec<RequiredToleration>,
     pub resources: ResourceDefaults,
+    /// Whether init containers (sidecars among them) get default resources too.
+    pub init_containers: bool,
+    pub exemptions: Exemptions,
 }
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            rules: Rules::default(),
+            extra_tolerations: Vec::new(),
+            resources: ResourceDefaults::default(),
+            init_containers: true,
+            exemptions: Exemptions::default(),
+        }
+    }
+}
+
+/// What a rule does when it applies, as ValidatingAdmissionPolicy's Deny/Warn actions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Deny (validation rules) or patch (mutation rules).
+    #[default]
+    Enforce,
+    /// Allow unchanged, but say in warnings and audit annotations what enforce would do.
+    Warn,
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// The policy's rules, each with its mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// `spec.selector`: well-formed, not empty, selecting the template's labels.
+    pub selector: Mode,
+    /// `spec.template.spec.restartPolicy`: `Always`.
+    pub restart_policy: Mode,
+    /// The tolerations daemon pods get.
+    pub tolerations: Mode,
+    /// Default limits and requests, and well-formed quantities.
+    pub resources: Mode,
+}
+
+/// The names of the rules, as the policy file, warnings and metrics spell them.
+pub const RULE_NAMES: [&str; 4] = ["selector", "restartPolicy", "tolerations", "resources"];
+
+/// Objects the policy leaves alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exemptions {
+    /// Namespaces whose DaemonSets are allowed untouched.
+    pub namespaces: std::collections::BTreeSet<String>,
+}
+
+/// A DaemonSet annotated `daemonset-webhook.io/exclude: "true"` is allowed untouched.
+pub const EXCLUDE_ANNOTATION: &str = "daemonset-webhook.io/exclude";
 
 /// What a change does, for warnings, audit annotations and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +141,12 @@ pub struct Verdict {
     pub operations: Vec<PatchOperation>,
     /// The changes the operations make, one per thing changed.
     pub changes: Vec<Change>,
+    /// Violations of rules in `warn` mode: reported, not denied.
+    pub warned_violations: Vec<FieldError>,
+    /// Changes rules in `warn` mode would make: reported, not patched.
+    pub warned_changes: Vec<Change>,
+    /// Why the object is exempt from the policy; then nothing else is set.
+    pub exemption: Option<String>,
 }
 
 /// Kubernetes' limits on admission warnings.
@@ -90,15 +162,36 @@ impl Verdict {
         &self.operations
     }
 
-    /// One warning per change, each within 256 characters and all within 4096; changes beyond
-    /// that are counted in a last line rather than cut off silently.
-    pub fn warnings(&self) -> Vec<String> {
+    /// The lines for `response.warnings`: the exemption, warned violations, and (with
+    /// `mutations`) the changes made and those only warned about. Each within 256 characters
+    /// and all within 4096; lines beyond that are counted in a last line, not dropped silently.
+    pub fn warnings(&self, mutations: bool) -> Vec<String> {
+        let mut lines: Vec<String> = Vec::new();
+        if let Some(exemption) = &self.exemption {
+            lines.push(format!(
+                "daemonset-webhook: exempt ({exemption}); allowed untouched"
+            ));
+        }
+        lines.extend(
+            self.warned_violations
+                .iter()
+                .map(|v| format!("would be denied (policy mode warn): {v}")),
+        );
+        if mutations {
+            lines.extend(self.changes.iter().map(|c| c.message.clone()));
+            lines.extend(
+                self.warned_changes
+                    .iter()
+                    .map(|c| format!("not applied (policy mode warn): {}", c.message)),
+            );
+        }
         let mut warnings = Vec::new();
         let mut total = 0;
-        for (i, change) in self.changes.iter().enumerate() {
-            let line = truncate(&change.message, MAX_WARNING_LENGTH);
-            let remaining = self.changes.len() - i;
-            // Keep room for the summary line should a later change not fit.
+        let count = lines.len();
+        for (i, line) in lines.into_iter().enumerate() {
+            let line = truncate(&line, MAX_WARNING_LENGTH);
+            let remaining = count - i;
+            // Keep room for the summary line should a later line not fit.
             if total + line.len() + 64 > MAX_WARNINGS_TOTAL && remaining > 1 {
                 warnings.push(format!(
                     "... and {remaining} more changes; the patch has them all"
@@ -111,20 +204,58 @@ impl Verdict {
         warnings
     }
 
+    /// Metrics' and logs' name for each violation's rule, from its field path (the rules own
+    /// disjoint fields).
+    pub fn violation_rule(violation: &FieldError) -> &'static str {
+        let field = violation.field.as_str();
+        if field.starts_with("spec.selector") || field == "spec.template.metadata.labels" {
+            "selector"
+        } else if field == "spec.template.spec.restartPolicy" {
+            "restartPolicy"
+        } else if field.contains(".resources.") {
+            "resources"
+        } else {
+            "unreadable"
+        }
+    }
+
     /// A summary of the changes by kind: `tolerations-added`, `tolerations-updated`,
     /// `limits-added`, `requests-added`, each listing what changed.
-    pub fn audit_annotations(&self) -> BTreeMap<String, String> {
+    pub fn audit_annotations(&self, mutations: bool) -> BTreeMap<String, String> {
         let mut groups: BTreeMap<&'static str, Vec<&str>> = BTreeMap::new();
-        for change in &self.changes {
-            let keys: &[&'static str] = match change.kind {
-                ChangeKind::TolerationAdded => &["tolerations-added"],
-                ChangeKind::TolerationUpdated => &["tolerations-updated"],
-                ChangeKind::Limit => &["limits-added"],
-                ChangeKind::LimitAndRequest => &["limits-added", "requests-added"],
-            };
-            for key in keys {
-                groups.entry(key).or_default().push(&change.subject);
+        if mutations {
+            for change in &self.changes {
+                let keys: &[&'static str] = match change.kind {
+                    ChangeKind::TolerationAdded => &["tolerations-added"],
+                    ChangeKind::TolerationUpdated => &["tolerations-updated"],
+                    ChangeKind::Limit => &["limits-added"],
+                    ChangeKind::LimitAndRequest => &["limits-added", "requests-added"],
+                };
+                for key in keys {
+                    groups.entry(key).or_default().push(&change.subject);
+                }
             }
+            for change in &self.warned_changes {
+                groups
+                    .entry("warned-changes")
+                    .or_default()
+                    .push(&change.subject);
+            }
+        }
+        for violation in &self.violations {
+            groups
+                .entry("violations")
+                .or_default()
+                .push(&violation.field);
+        }
+        for violation in &self.warned_violations {
+            groups
+                .entry("warned-violations")
+                .or_default()
+                .push(&violation.field);
+        }
+        if let Some(exemption) = &self.exemption {
+            groups.entry("exempt").or_default().push(exemption);
         }
         groups
             .into_iter()
@@ -145,11 +276,13 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// Judges one DaemonSet given as a JSON value (a parsed manifest).
-pub fn review(object: &Value, policy: &Policy) -> Verdict {
+/// Judges one DaemonSet given as a JSON value (a parsed manifest). `namespace` is the request's
+/// namespace where the object does not say.
+pub fn review(object: &Value, namespace: Option<&str>, policy: &Policy) -> Verdict {
     judge(
         serde_path_to_error::deserialize(object),
         ObjectShape::deserialize(object).unwrap_or_default(),
+        namespace,
         policy,
     )
 }
@@ -157,10 +290,11 @@ pub fn review(object: &Value, policy: &Policy) -> Verdict {
 /// Judges one DaemonSet given as JSON text, as an AdmissionReview carries it. No tree of the
 /// whole object is built: the typed view skips fields it does not know without allocating, so
 /// a huge unknown field costs time, not memory.
-pub fn review_json(object: &str, policy: &Policy) -> Verdict {
+pub fn review_json(object: &str, namespace: Option<&str>, policy: &Policy) -> Verdict {
     judge(
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(object)),
         serde_json::from_str(object).unwrap_or_default(),
+        namespace,
         policy,
     )
 }
@@ -258,6 +392,7 @@ fn without_position(error: &serde_json::Error) -> String {
 fn judge(
     decoded: Result<DaemonSet, serde_path_to_error::Error<serde_json::Error>>,
     shape: ObjectShape,
+    namespace: Option<&str>,
     policy: &Policy,
 ) -> Verdict {
     let daemonset = match decoded {
@@ -275,6 +410,12 @@ fn judge(
             };
         }
     };
+    if let Some(exemption) = exemption(&daemonset, namespace, &policy.exemptions) {
+        return Verdict {
+            exemption: Some(exemption),
+            ..Verdict::default()
+        };
+    }
     let spec_shape = shape.spec.unwrap_or_default();
     let selector_given = matches!(spec_shape.selector, Given::Object | Given::Other);
     let pod_spec_given = spec_shape.template.is_some_and(|t| t.spec == Given::Object);
@@ -289,6 +430,7 @@ fn judge(
     let containers = pod.map(|p| p.containers.as_slice()).unwrap_or_default();
     let init_containers = pod
         .and_then(|p| p.init_containers.as_deref())
+        .filter(|_| policy.init_containers)
         .unwrap_or_default();
     let lists = [
         (resources::CONTAINER_LISTS[0], containers),
@@ -296,16 +438,24 @@ fn judge(
     ];
 
     let mut verdict = Verdict::default();
-    verdict.violations.extend(selector::validate(
-        selector_given.then_some(&spec.selector),
-        template_labels,
-    ));
-    verdict.violations.extend(restart_policy::validate(
-        pod.and_then(|p| p.restart_policy.as_deref()),
-    ));
-    verdict.violations.extend(resources::validate(
-        &lists.map(|((list, _), containers)| (list, containers)),
-    ));
+    let rules = policy.rules;
+    let mut judged = |mode: Mode, errors: Vec<FieldError>| match mode {
+        Mode::Enforce => verdict.violations.extend(errors),
+        Mode::Warn => verdict.warned_violations.extend(errors),
+        Mode::Off => {}
+    };
+    judged(
+        rules.selector,
+        selector::validate(selector_given.then_some(&spec.selector), template_labels),
+    );
+    judged(
+        rules.restart_policy,
+        restart_policy::validate(pod.and_then(|p| p.restart_policy.as_deref())),
+    );
+    judged(
+        rules.resources,
+        resources::validate(&lists.map(|((list, _), containers)| (list, containers))),
+    );
     if !verdict.violations.is_empty() {
         return verdict;
     }
@@ -316,33 +466,78 @@ fn judge(
         return verdict;
     };
     let pod_path = PointerBuf::from_tokens(["spec", "template", "spec"]);
-    tolerations::mutate(
-        pod.tolerations.as_deref(),
-        pod.host_network == Some(true),
-        &pod_path.with_trailing_token("tolerations"),
-        &mut verdict.operations,
-        &mut verdict.changes,
-    );
-    for ((list, noun), containers) in lists {
-        for (i, container) in containers.iter().enumerate() {
-            let label = if container.name.is_empty() {
-                format!("{list}[{i}]")
-            } else {
-                format!("{noun} {:?}", container.name)
-            };
-            resources::mutate_container(
-                container,
-                &label,
-                &pod_path
-                    .with_trailing_token(list)
-                    .with_trailing_token(i.to_string()),
-                &policy.resources,
-                &mut verdict.operations,
-                &mut verdict.changes,
-            );
+    let mut patched = |mode: Mode, operations: Vec<PatchOperation>, changes: Vec<Change>| match mode
+    {
+        Mode::Enforce => {
+            verdict.operations.extend(operations);
+            verdict.changes.extend(changes);
         }
+        Mode::Warn => verdict.warned_changes.extend(changes),
+        Mode::Off => {}
+    };
+    if rules.tolerations != Mode::Off {
+        let required: Vec<RequiredToleration> =
+            tolerations::daemon_tolerations(pod.host_network == Some(true))
+                .chain(policy.extra_tolerations.iter().cloned())
+                .collect();
+        let (mut operations, mut changes) = (Vec::new(), Vec::new());
+        tolerations::mutate(
+            pod.tolerations.as_deref(),
+            &required,
+            &pod_path.with_trailing_token("tolerations"),
+            &mut operations,
+            &mut changes,
+        );
+        patched(rules.tolerations, operations, changes);
+    }
+    if rules.resources != Mode::Off {
+        let (mut operations, mut changes) = (Vec::new(), Vec::new());
+        for ((list, noun), containers) in lists {
+            for (i, container) in containers.iter().enumerate() {
+                let label = if container.name.is_empty() {
+                    format!("{list}[{i}]")
+                } else {
+                    format!("{noun} {:?}", container.name)
+                };
+                resources::mutate_container(
+                    container,
+                    &label,
+                    &pod_path
+                        .with_trailing_token(list)
+                        .with_trailing_token(i.to_string()),
+                    &policy.resources,
+                    &mut operations,
+                    &mut changes,
+                );
+            }
+        }
+        patched(rules.resources, operations, changes);
     }
     verdict
+}
+
+/// Why the policy leaves this DaemonSet alone, if it does.
+fn exemption(
+    daemonset: &DaemonSet,
+    request_namespace: Option<&str>,
+    exemptions: &Exemptions,
+) -> Option<String> {
+    let metadata = &daemonset.metadata;
+    let annotated = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXCLUDE_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    if annotated {
+        return Some(format!("annotation {EXCLUDE_ANNOTATION}=true"));
+    }
+    let namespace = request_namespace
+        .filter(|n| !n.is_empty())
+        .or(metadata.namespace.as_deref())?;
+    exemptions
+        .namespaces
+        .contains(namespace)
+        .then(|| format!("namespace {namespace} is exempt in the policy file"))
 }
 
 #[cfg(test)]
@@ -402,7 +597,7 @@ mod tests {
             ],
         }));
         let policy = Policy::default();
-        let verdict = review(&object, &policy);
+        let verdict = review(&object, None, &policy);
         assert!(verdict.allowed());
         let patched = apply(&object, &verdict);
 
@@ -432,7 +627,7 @@ mod tests {
             without_owned_fields(object)
         );
 
-        let again = review(&patched, &policy);
+        let again = review(&patched, None, &policy);
         assert!(again.allowed());
         assert!(again.operations.is_empty(), "{:?}", again.operations);
         assert!(again.changes.is_empty());
@@ -448,7 +643,7 @@ mod tests {
         object["spec"]["futureSpecField"] = json!("keep me");
         object["metadata"]["futureMetadataField"] = json!({ "a": "b" });
         object["status"] = json!({ "numberReady": 3 });
-        let verdict = review(&object, &Policy::default());
+        let verdict = review(&object, None, &Policy::default());
         let patched = apply(&object, &verdict);
         assert_eq!(patched["spec"]["futureSpecField"], "keep me");
         assert_eq!(
@@ -464,7 +659,11 @@ mod tests {
             json!(true)
         );
         assert_eq!(pod["tolerations"][0]["futureTolerationField"], "y");
-        assert!(review(&patched, &Policy::default()).operations.is_empty());
+        assert!(
+            review(&patched, None, &Policy::default())
+                .operations
+                .is_empty()
+        );
     }
 
     #[test]
@@ -474,7 +673,7 @@ mod tests {
             "containers": [{ "name": "c", "resources": { "limits": { "cpu": "x" } } }],
         }));
         object["spec"]["selector"] = json!({ "matchLabels": { "app": "other" } });
-        let verdict = review(&object, &Policy::default());
+        let verdict = review(&object, None, &Policy::default());
         assert!(!verdict.allowed());
         assert!(verdict.operations.is_empty());
         let fields: Vec<&str> = verdict
@@ -497,7 +696,7 @@ mod tests {
     #[test]
     fn an_object_our_types_cannot_read_is_denied_naming_the_field() {
         let object = daemonset(json!({ "containers": "not a list" }));
-        let verdict = review(&object, &Policy::default());
+        let verdict = review(&object, None, &Policy::default());
         assert_eq!(verdict.violations.len(), 1);
         let message = verdict.violations[0].to_string();
         assert!(message.starts_with("spec.template.spec.containers: Invalid value: not readable as an apps/v1 DaemonSet: invalid type: string"), "{message}");
@@ -510,7 +709,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("spec");
-        let verdict = review(&object, &Policy::default());
+        let verdict = review(&object, None, &Policy::default());
         assert!(verdict.allowed());
         assert!(verdict.operations.is_empty());
     }
@@ -519,7 +718,7 @@ mod tests {
     fn host_network_pods_also_tolerate_network_unavailable() {
         let object =
             daemonset(json!({ "hostNetwork": true, "tolerations": null, "containers": [] }));
-        let verdict = review(&object, &Policy::default());
+        let verdict = review(&object, None, &Policy::default());
         let patched = apply(&object, &verdict);
         let keys: Vec<&str> = patched["spec"]["template"]["spec"]["tolerations"]
             .as_array()
@@ -537,9 +736,9 @@ mod tests {
             .map(|i| json!({ "name": format!("container-with-a-rather-long-name-{i:03}") }))
             .collect();
         let object = daemonset(json!({ "containers": containers }));
-        let verdict = review(&object, &Policy::default());
+        let verdict = review(&object, None, &Policy::default());
         assert_eq!(verdict.changes.len(), 6 + 120);
-        let warnings = verdict.warnings();
+        let warnings = verdict.warnings(true);
         let total: usize = warnings.iter().map(String::len).sum();
         assert!(total <= MAX_WARNINGS_TOTAL, "{total}");
         assert!(
@@ -565,7 +764,7 @@ mod tests {
             "tolerations": [{ "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30 }],
             "containers": [{ "name": "a", "resources": { "requests": { "cpu": "1" } } }],
         }));
-        let annotations = review(&object, &Policy::default()).audit_annotations();
+        let annotations = review(&object, None, &Policy::default()).audit_annotations(true);
         assert_eq!(
             annotations["tolerations-updated"],
             "node.kubernetes.io/not-ready:NoExecute"
@@ -609,11 +808,160 @@ mod tests {
         ] {
             let text = serde_json::to_string(&object).unwrap();
             assert_eq!(
-                review(&object, &Policy::default()),
-                review_json(&text, &Policy::default()),
+                review(&object, None, &Policy::default()),
+                review_json(&text, None, &Policy::default()),
                 "{text}"
             );
         }
+    }
+
+    fn plain() -> Value {
+        daemonset(json!({
+            "initContainers": [{ "name": "init" }],
+            "containers": [{ "name": "c", "resources": { "limits": { "cpu": "lots" } } }],
+        }))
+    }
+
+    #[test]
+    fn warn_mode_reports_without_denying_or_patching() {
+        let mut policy = Policy::default();
+        policy.rules.restart_policy = Mode::Warn;
+        policy.rules.resources = Mode::Warn;
+        policy.rules.tolerations = Mode::Warn;
+        let mut object = plain();
+        object["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        let verdict = review(&object, None, &policy);
+        assert!(verdict.allowed());
+        assert!(verdict.operations.is_empty() && verdict.changes.is_empty());
+        let fields: Vec<&str> = verdict
+            .warned_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.template.spec.restartPolicy",
+                "spec.template.spec.containers[0].resources.limits[cpu]"
+            ]
+        );
+        // Six tolerations; the init container's cpu and memory; the container's memory.
+        assert_eq!(verdict.warned_changes.len(), 9);
+        let warnings = verdict.warnings(true);
+        assert!(warnings[0].starts_with("would be denied (policy mode warn): spec.template.spec.restartPolicy: Unsupported value"), "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("not applied (policy mode warn): added toleration"))
+        );
+        assert_eq!(
+            verdict.warnings(false).len(),
+            2,
+            "validation sees no changes"
+        );
+        let annotations = verdict.audit_annotations(true);
+        assert!(annotations["warned-violations"].contains("restartPolicy"));
+        assert!(annotations["warned-changes"].contains("container \"init\" cpu"));
+    }
+
+    #[test]
+    fn off_mode_skips_the_rule_entirely() {
+        let mut policy = Policy::default();
+        policy.rules.resources = Mode::Off;
+        policy.rules.selector = Mode::Off;
+        let mut object = plain();
+        object["spec"]["selector"] = json!({});
+        let verdict = review(&object, None, &policy);
+        assert!(verdict.allowed());
+        assert!(verdict.warned_violations.is_empty());
+        assert!(
+            verdict
+                .changes
+                .iter()
+                .all(|c| c.kind == ChangeKind::TolerationAdded)
+        );
+        assert_eq!(verdict.changes.len(), 6);
+    }
+
+    #[test]
+    fn enforce_mode_still_denies_what_warn_mode_only_reports() {
+        let mut policy = Policy::default();
+        policy.rules.selector = Mode::Warn;
+        let mut object = plain();
+        object["spec"]["selector"] = json!({});
+        let verdict = review(&object, None, &policy);
+        assert!(!verdict.allowed(), "the quantity rule still enforces");
+        assert_eq!(verdict.warned_violations[0].field, "spec.selector");
+    }
+
+    #[test]
+    fn exempt_objects_are_allowed_untouched_with_the_reason() {
+        let mut policy = Policy::default();
+        policy
+            .exemptions
+            .namespaces
+            .insert("kube-system".to_owned());
+        let object = plain();
+        let by_object_namespace = review(&object, None, &policy);
+        assert!(by_object_namespace.allowed() && by_object_namespace.operations.is_empty());
+        assert_eq!(
+            by_object_namespace.exemption.as_deref(),
+            Some("namespace kube-system is exempt in the policy file")
+        );
+        let elsewhere = review(&object, Some("other"), &policy);
+        assert!(elsewhere.exemption.is_none() && !elsewhere.allowed());
+
+        let mut annotated = plain();
+        annotated["metadata"]["annotations"] = json!({ EXCLUDE_ANNOTATION: "true" });
+        let verdict = review(&annotated, Some("other"), &Policy::default());
+        assert_eq!(
+            verdict.exemption.as_deref(),
+            Some("annotation daemonset-webhook.io/exclude=true")
+        );
+        assert_eq!(
+            verdict.warnings(false),
+            [
+                "daemonset-webhook: exempt (annotation daemonset-webhook.io/exclude=true); allowed untouched"
+            ]
+        );
+        annotated["metadata"]["annotations"][EXCLUDE_ANNOTATION] = json!("false");
+        assert!(
+            review(&annotated, None, &Policy::default())
+                .exemption
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn init_containers_can_be_left_out_and_extra_tolerations_added() {
+        let mut policy = Policy {
+            init_containers: false,
+            ..Policy::default()
+        };
+        policy.extra_tolerations.push(RequiredToleration {
+            key: "node-role.kubernetes.io/control-plane".into(),
+            operator: "Exists".into(),
+            value: "".into(),
+            effect: "NoSchedule".into(),
+            origin: tolerations::Origin::Policy,
+        });
+        let object = daemonset(json!({ "initContainers": [{ "name": "init" }], "containers": [] }));
+        let verdict = review(&object, None, &policy);
+        let patched = apply(&object, &verdict);
+        assert!(
+            patched["spec"]["template"]["spec"]["initContainers"][0]
+                .get("resources")
+                .is_none()
+        );
+        let tolerations = patched["spec"]["template"]["spec"]["tolerations"]
+            .as_array()
+            .unwrap();
+        assert_eq!(tolerations.len(), 7);
+        assert_eq!(
+            tolerations[6]["key"],
+            "node-role.kubernetes.io/control-plane"
+        );
+        assert!(review(&patched, None, &policy).operations.is_empty());
     }
 
     #[test]

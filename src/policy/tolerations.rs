@@ -2,80 +2,113 @@
 //! (`AddOrUpdateDaemonPodTolerations`, pkg/controller/daemon/util), written into the template so
 //! that it says what the pods really get.
 
+use std::borrow::Cow;
+
 use json_patch::{AddOperation, PatchOperation, RemoveOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::Toleration;
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 
 use super::{Change, ChangeKind};
 
-const NO_EXECUTE: &str = "NoExecute";
-const NO_SCHEDULE: &str = "NoSchedule";
-const EXISTS: &str = "Exists";
+pub const NO_EXECUTE: &str = "NoExecute";
+pub const NO_SCHEDULE: &str = "NoSchedule";
+pub const PREFER_NO_SCHEDULE: &str = "PreferNoSchedule";
+pub const EXISTS: &str = "Exists";
+pub const EQUAL: &str = "Equal";
 
-/// One of the controller's tolerations: `operator: Exists`, no value, no tolerationSeconds.
+/// Who requires a toleration: the DaemonSet controller, or the policy file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DaemonToleration {
-    pub key: &'static str,
-    pub effect: &'static str,
+pub enum Origin {
+    Controller,
+    Policy,
+}
+
+/// A toleration every daemon pod must carry, without tolerationSeconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredToleration {
+    pub key: Cow<'static, str>,
+    pub operator: Cow<'static, str>,
+    pub value: Cow<'static, str>,
+    pub effect: Cow<'static, str>,
+    pub origin: Origin,
+}
+
+const fn controller(key: &'static str, effect: &'static str) -> RequiredToleration {
+    RequiredToleration {
+        key: Cow::Borrowed(key),
+        operator: Cow::Borrowed(EXISTS),
+        value: Cow::Borrowed(""),
+        effect: Cow::Borrowed(effect),
+        origin: Origin::Controller,
+    }
 }
 
 /// In the controller's order. Pods must survive the node problems the node lifecycle controller
 /// taints for, and be schedulable on nodes under pressure or cordoned.
-pub const DAEMON_TOLERATIONS: [DaemonToleration; 6] = [
-    DaemonToleration {
-        key: "node.kubernetes.io/not-ready",
-        effect: NO_EXECUTE,
-    },
-    DaemonToleration {
-        key: "node.kubernetes.io/unreachable",
-        effect: NO_EXECUTE,
-    },
-    DaemonToleration {
-        key: "node.kubernetes.io/disk-pressure",
-        effect: NO_SCHEDULE,
-    },
-    DaemonToleration {
-        key: "node.kubernetes.io/memory-pressure",
-        effect: NO_SCHEDULE,
-    },
-    DaemonToleration {
-        key: "node.kubernetes.io/pid-pressure",
-        effect: NO_SCHEDULE,
-    },
-    DaemonToleration {
-        key: "node.kubernetes.io/unschedulable",
-        effect: NO_SCHEDULE,
-    },
+pub const DAEMON_TOLERATIONS: [RequiredToleration; 6] = [
+    controller("node.kubernetes.io/not-ready", NO_EXECUTE),
+    controller("node.kubernetes.io/unreachable", NO_EXECUTE),
+    controller("node.kubernetes.io/disk-pressure", NO_SCHEDULE),
+    controller("node.kubernetes.io/memory-pressure", NO_SCHEDULE),
+    controller("node.kubernetes.io/pid-pressure", NO_SCHEDULE),
+    controller("node.kubernetes.io/unschedulable", NO_SCHEDULE),
 ];
 
 /// Added only for `hostNetwork: true` pods: they do not need the pod network to be ready.
-pub const HOST_NETWORK_TOLERATION: DaemonToleration = DaemonToleration {
-    key: "node.kubernetes.io/network-unavailable",
-    effect: NO_SCHEDULE,
-};
+pub const HOST_NETWORK_TOLERATION: RequiredToleration =
+    controller("node.kubernetes.io/network-unavailable", NO_SCHEDULE);
 
-impl DaemonToleration {
-    fn to_json(self) -> Value {
-        json!({ "key": self.key, "operator": EXISTS, "effect": self.effect })
+impl RequiredToleration {
+    fn to_json(&self) -> Value {
+        let mut toleration = Map::new();
+        if !self.key.is_empty() {
+            toleration.insert("key".to_owned(), Value::from(self.key.as_ref()));
+        }
+        toleration.insert("operator".to_owned(), Value::from(self.operator.as_ref()));
+        if !self.value.is_empty() {
+            toleration.insert("value".to_owned(), Value::from(self.value.as_ref()));
+        }
+        if !self.effect.is_empty() {
+            toleration.insert("effect".to_owned(), Value::from(self.effect.as_ref()));
+        }
+        Value::Object(toleration)
     }
 
-    fn describe(self) -> String {
-        format!("{}:{}", self.key, self.effect)
+    /// `key:effect`, `key=value:effect`, `*:effect` for a toleration of every key.
+    pub fn describe(&self) -> String {
+        let key = if self.key.is_empty() { "*" } else { &self.key };
+        let effect = if self.effect.is_empty() {
+            "*"
+        } else {
+            &self.effect
+        };
+        if self.value.is_empty() {
+            format!("{key}:{effect}")
+        } else {
+            format!("{key}={}:{effect}", self.value)
+        }
+    }
+
+    fn why(&self) -> &'static str {
+        match self.origin {
+            Origin::Controller => "which the DaemonSet controller gives every daemon pod",
+            Origin::Policy => "which the webhook's policy requires of every DaemonSet",
+        }
     }
 
     /// `Toleration.MatchToleration`: the same key, effect, operator and value, compared
     /// literally (an empty operator is not `Exists`).
-    fn matches(self, toleration: &Toleration) -> bool {
+    fn matches(&self, toleration: &Toleration) -> bool {
         toleration.key.as_deref().unwrap_or_default() == self.key
             && toleration.effect.as_deref().unwrap_or_default() == self.effect
-            && toleration.operator.as_deref().unwrap_or_default() == EXISTS
-            && toleration.value.as_deref().unwrap_or_default().is_empty()
+            && toleration.operator.as_deref().unwrap_or_default() == self.operator
+            && toleration.value.as_deref().unwrap_or_default() == self.value
     }
 }
 
 /// The tolerations a pod template with `host_network` gets from the controller.
-pub fn daemon_tolerations(host_network: bool) -> impl Iterator<Item = DaemonToleration> {
+pub fn daemon_tolerations(host_network: bool) -> impl Iterator<Item = RequiredToleration> {
     DAEMON_TOLERATIONS
         .into_iter()
         .chain(host_network.then_some(HOST_NETWORK_TOLERATION))
@@ -87,14 +120,14 @@ pub fn daemon_tolerations(host_network: bool) -> impl Iterator<Item = DaemonTole
 /// no match is appended. Nothing is removed or reordered.
 pub fn mutate(
     tolerations: Option<&[Toleration]>,
-    host_network: bool,
+    required: &[RequiredToleration],
     path: &PointerBuf,
     operations: &mut Vec<PatchOperation>,
     changes: &mut Vec<Change>,
 ) {
     let existing = tolerations.unwrap_or_default();
-    let mut appended = Vec::new();
-    for wanted in daemon_tolerations(host_network) {
+    let mut appended: Vec<&RequiredToleration> = Vec::new();
+    for wanted in required {
         let mut matched = false;
         for (i, toleration) in existing.iter().enumerate() {
             if !wanted.matches(toleration) {
@@ -111,8 +144,9 @@ pub fn mutate(
                     kind: ChangeKind::TolerationUpdated,
                     subject: wanted.describe(),
                     message: format!(
-                        "toleration {} (tolerations[{i}]): dropped tolerationSeconds {seconds}; the DaemonSet controller gives daemon pods this toleration without a time limit",
-                        wanted.describe()
+                        "toleration {} (tolerations[{i}]): dropped tolerationSeconds {seconds}, so it matches the one {} (without a time limit)",
+                        wanted.describe(),
+                        wanted.why()
                     ),
                 });
             }
@@ -123,8 +157,10 @@ pub fn mutate(
                 kind: ChangeKind::TolerationAdded,
                 subject: wanted.describe(),
                 message: format!(
-                    "added toleration {} (operator Exists), which the DaemonSet controller gives every daemon pod",
-                    wanted.describe()
+                    "added toleration {} (operator {}), {}",
+                    wanted.describe(),
+                    wanted.operator,
+                    wanted.why()
                 ),
             });
         }
@@ -138,7 +174,7 @@ pub fn mutate(
             value: Value::Array(
                 appended
                     .into_iter()
-                    .map(DaemonToleration::to_json)
+                    .map(RequiredToleration::to_json)
                     .collect(),
             ),
         }));
@@ -156,6 +192,7 @@ pub fn mutate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn toleration(key: &str, operator: &str, effect: &str, seconds: Option<i64>) -> Toleration {
         Toleration {
@@ -169,16 +206,76 @@ mod tests {
 
     fn all_daemon(host_network: bool) -> Vec<Toleration> {
         daemon_tolerations(host_network)
-            .map(|t| toleration(t.key, EXISTS, t.effect, None))
+            .map(|t| toleration(&t.key, EXISTS, &t.effect, None))
             .collect()
     }
 
-    fn run(tolerations: Option<&[Toleration]>, host_network: bool) -> (Value, Vec<Change>) {
+    fn run_with(
+        tolerations: Option<&[Toleration]>,
+        required: &[RequiredToleration],
+    ) -> (Value, Vec<Change>) {
         let mut ops = Vec::new();
         let mut changes = Vec::new();
         let path = PointerBuf::parse("/spec/template/spec/tolerations").unwrap();
-        mutate(tolerations, host_network, &path, &mut ops, &mut changes);
+        mutate(tolerations, required, &path, &mut ops, &mut changes);
         (serde_json::to_value(ops).unwrap(), changes)
+    }
+
+    fn run(tolerations: Option<&[Toleration]>, host_network: bool) -> (Value, Vec<Change>) {
+        run_with(
+            tolerations,
+            &daemon_tolerations(host_network).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn policy_tolerations_are_added_like_the_controllers() {
+        let control_plane = RequiredToleration {
+            key: "node-role.kubernetes.io/control-plane".into(),
+            operator: EXISTS.into(),
+            value: "".into(),
+            effect: NO_SCHEDULE.into(),
+            origin: Origin::Policy,
+        };
+        let dedicated = RequiredToleration {
+            key: "dedicated".into(),
+            operator: EQUAL.into(),
+            value: "agents".into(),
+            effect: "".into(),
+            origin: Origin::Policy,
+        };
+        let required = [control_plane.clone(), dedicated.clone()];
+        let (ops, changes) = run_with(None, &required);
+        assert_eq!(
+            ops[0]["value"],
+            json!([
+                { "key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule" },
+                { "key": "dedicated", "operator": "Equal", "value": "agents" },
+            ])
+        );
+        assert_eq!(changes[1].subject, "dedicated=agents:*");
+        assert!(
+            changes[0].message.contains("policy requires"),
+            "{}",
+            changes[0].message
+        );
+        let present = vec![
+            toleration(
+                "node-role.kubernetes.io/control-plane",
+                EXISTS,
+                NO_SCHEDULE,
+                None,
+            ),
+            Toleration {
+                value: Some("agents".into()),
+                ..toleration("dedicated", EQUAL, "", Some(5))
+            },
+        ];
+        let (ops, _) = run_with(Some(&present), &required);
+        assert_eq!(
+            ops,
+            json!([{ "op": "remove", "path": "/spec/template/spec/tolerations/1/tolerationSeconds" }])
+        );
     }
 
     #[test]
