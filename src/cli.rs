@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -14,7 +14,7 @@ use crate::admission;
 use crate::certs;
 use crate::check::{self, Format};
 use crate::config;
-use crate::server::{self, AppState, tls};
+use crate::server::{self, tls};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_TLS_CERT: &str = "certs/tls.crt";
@@ -170,14 +170,93 @@ pub struct ServeArgs {
     #[arg(long, env = "DAEMONSET_WEBHOOK_TLS_KEY", default_value = DEFAULT_TLS_KEY, value_name = "PATH")]
     pub tls_key: PathBuf,
 
-    /// Policy file (YAML); the built-in defaults apply without one.
+    /// Policy file (YAML); the built-in defaults apply without one. Reloaded when it changes.
     #[arg(long, env = "DAEMONSET_WEBHOOK_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS with the API
+    /// server). Reloaded when it changes.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_CLIENT_CA", value_name = "PATH")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Also serve GET /metrics over plain HTTP on this address (it is always served on the
+    /// HTTPS port too).
+    #[arg(
+        long,
+        env = "DAEMONSET_WEBHOOK_METRICS_LISTEN",
+        value_name = "ADDR:PORT"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// How often the certificate, key, client CA and policy file are checked for changes.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub reload_interval: Duration,
+
+    /// Connections served at once; beyond it new ones wait in the listen backlog.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_HTTP2_MAX_STREAMS", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_streams: u32,
+
+    /// Offer only HTTP/1.1 (kube-apiserver uses HTTP/1.1 with webhooks anyway).
+    #[arg(long, env = "DAEMONSET_WEBHOOK_DISABLE_HTTP2")]
+    pub disable_http2: bool,
+
+    /// TLS handshake and request headers must arrive within this; idle keep-alive connections
+    /// are closed after it.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+
+    /// A request body must arrive within this (answer: 408).
+    #[arg(long, env = "DAEMONSET_WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub body_read_timeout: Duration,
+
+    /// After SIGTERM, in-flight reviews get this long before connections are closed; keep it
+    /// below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+
+    /// Log format: json, text, or auto (text on a terminal, JSON otherwise). Verbosity comes
+    /// from RUST_LOG (default info).
+    #[arg(long, env = "DAEMONSET_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    /// Debugging: log every AdmissionReview whole (at debug level, so with RUST_LOG=debug).
+    /// Objects can hold secrets in env values: never on by default.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_LOG_OBJECTS")]
+    pub log_objects: bool,
 
     /// Whether --tls-cert and --tls-key both kept their defaults (not given on the command line or
     /// in the environment); only then may a development certificate be generated.
     #[arg(skip)]
     pub tls_paths_defaulted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// `500ms`, `2s`, `1m`, or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("{text:?} is not a duration like 500ms, 2s or 1m")),
+    }
 }
 
 /// Parses the process arguments and runs the chosen command.
@@ -187,7 +266,12 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    init_logging();
+    let log_format = match &cli.command {
+        Some(Command::Serve(args)) => args.log_format,
+        None => cli.serve.log_format,
+        Some(_) => LogFormat::Text,
+    };
+    init_logging(log_format);
     match cli.command {
         Some(Command::Serve(mut args)) => {
             let sub = matches
@@ -344,14 +428,30 @@ fn tls_paths_defaulted(matches: &ArgMatches) -> bool {
         .all(|id| matches.value_source(id) == Some(ValueSource::DefaultValue))
 }
 
-fn init_logging() {
+/// Logs to stderr: JSON lines (one object per event, fields at the top level) for log
+/// pipelines, or text for people; `auto` picks text on a terminal.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(terminal).init();
+    }
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
@@ -386,27 +486,30 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     );
 
     // Bind first: a port in use should not leave freshly generated certificates behind.
-    let (listener, local) = server::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = server::bind(args.listen).await?;
     if args.tls_paths_defaulted {
         ensure_dev_certificate(&args.tls_cert, &args.tls_key)?;
     }
-    let key = tls::load_certified_key(&args.tls_cert, &args.tls_key).map_err(|e| e.to_string())?;
-    let resolver = Arc::new(tls::CertificateResolver::new(key));
-    let tls_config = tls::server_config(resolver).map_err(|e| e.to_string())?;
-
-    let state = AppState::new(policy);
-    let ready = state.ready.clone();
-    tracing::info!(address = %local, "listening on https://{local}");
-    server::serve(
-        listener,
-        tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
-        server::router(state),
-        ready,
-        server::shutdown_signal(),
-    )
-    .await;
+    let options = server::ServeOptions {
+        metrics_listen: args.metrics_listen,
+        tls: tls::TlsFiles {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: args.client_ca.clone(),
+        },
+        config: args.config.clone(),
+        reload_interval: args.reload_interval,
+        limits: server::Limits {
+            max_connections: args.max_connections as usize,
+            http2_max_streams: args.http2_max_streams,
+            http2: !args.disable_http2,
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            shutdown_timeout: args.shutdown_timeout,
+        },
+        log_objects: args.log_objects,
+    };
+    server::run(listener, options, policy, server::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

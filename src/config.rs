@@ -244,7 +244,10 @@ fn toleration(
             ));
         }
     }
-    if let Some(problem) = label_key_errors(&t.key).first().filter(|_| !t.key.is_empty()) {
+    if let Some(problem) = label_key_errors(&t.key)
+        .first()
+        .filter(|_| !t.key.is_empty())
+    {
         return Err(format!("{at}.key: {:?}: {problem}", t.key));
     }
     if !["", NO_SCHEDULE, PREFER_NO_SCHEDULE, NO_EXECUTE].contains(&t.effect.as_str()) {

@@ -1279,7 +1279,11 @@ async fn default_paths_generate_a_development_certificate_once() {
     let logs = server.logs();
     let warning = logs
         .lines()
-        .find(|line| line.contains(" WARN ") && line.contains("certs/ca.crt"))
+        .find(|line| {
+            // JSON lines when stderr is not a terminal (the default `--log-format auto`).
+            serde_json::from_str::<Value>(line).is_ok_and(|event| event["level"] == "WARN")
+                && line.contains("certs/ca.crt")
+        })
         .unwrap_or_else(|| panic!("no loud warning naming certs/ca.crt:\n{logs}"));
     assert!(warning.to_lowercase().contains("development"), "{warning}");
     assert!(!logs.contains('\u{1b}'), "ANSI escapes in the log:\n{logs}");

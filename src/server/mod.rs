@@ -1,12 +1,16 @@
-//! The HTTPS shell around the admission engine: routing, body limits, health, TLS accept loop,
-//! graceful shutdown. It knows nothing of DaemonSets.
+//! The HTTPS shell around the admission engine: routing, body limits, health, metrics, TLS
+//! accept loop with connection limits and timeouts, reloads, graceful shutdown. It knows nothing
+//! of DaemonSets.
 
+pub mod metrics;
+pub mod reload;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -21,70 +25,128 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::admission::{self, Endpoint, EnvelopeError};
-use crate::policy::Policy;
+use crate::admission::{self, Endpoint, EnvelopeError, ReviewOutcome};
+use crate::policy::{ChangeKind, Policy};
+use metrics::Metrics;
 
 /// The largest AdmissionReview accepted.
 pub const MAX_BODY_BYTES: usize = admission::MAX_REVIEW_BYTES;
-/// How long a client may take to send a request body (a slow client must not hold a task).
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send request headers, and to stay idle between requests.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for in-flight requests before closing their connections.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-/// Concurrent HTTP/2 streams per connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 250;
+
+/// How the server behaves under load and at its edges; `--help` documents each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; beyond it the listener waits (the kernel's backlog queues).
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub http2_max_streams: u32,
+    /// Whether HTTP/2 is offered at all (ALPN `h2`).
+    pub http2: bool,
+    /// TLS handshake, and request headers, must arrive within this; an idle keep-alive
+    /// connection is closed after it too.
+    pub header_read_timeout: Duration,
+    /// A request body must arrive within this.
+    pub body_read_timeout: Duration,
+    /// After SIGTERM, in-flight requests get this long before their connections are closed.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            http2_max_streams: 250,
+            http2: true,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(15),
+        }
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub policy: Arc<Policy>,
+    policy: Arc<RwLock<Arc<Policy>>>,
     /// True once the certificate is loaded and the listener is accepting; false again as soon as
     /// shutdown begins.
     pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    /// Log whole AdmissionReviews (debug level): off unless asked, they may hold secrets.
+    pub log_objects: bool,
+    body_read_timeout: Duration,
 }
 
 impl AppState {
     pub fn new(policy: Policy) -> Self {
         Self {
-            policy: Arc::new(policy),
+            policy: Arc::new(RwLock::new(Arc::new(policy))),
             ready: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(Metrics::new()),
+            log_objects: false,
+            body_read_timeout: Limits::default().body_read_timeout,
         }
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 }
 
-/// The routes: `POST /mutate`, `POST /validate`, `GET /healthz`, `GET /readyz`.
+/// The routes: `POST /mutate`, `POST /validate`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(CatchPanicLayer::custom(panic_response))
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    guarded(routes, &state).with_state(state)
 }
 
-/// A panic in a handler is a bug: answer 500 with a Status body and log it, and keep serving.
-fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let detail = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
-    tracing::error!(panic = detail, "a handler panicked; answering 500");
-    EnvelopeError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {detail}"),
+/// The plain-HTTP metrics listener's routes: `GET /metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    guarded(
+        Router::new()
+            .route("/metrics", get(metrics_text))
+            .fallback(not_found),
+        &state,
     )
-    .into_response()
+    .with_state(state)
+}
+
+/// A panic in a handler is a bug: answer 500 with a Status body, count and log it, and keep
+/// serving.
+pub fn guarded<S: Clone + Send + Sync + 'static>(routes: Router<S>, state: &AppState) -> Router<S> {
+    let metrics = state.metrics.clone();
+    routes.layer(CatchPanicLayer::custom(
+        move |panic: Box<dyn std::any::Any + Send + 'static>| {
+            metrics.panic();
+            let detail = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            tracing::error!(panic = detail, "a handler panicked; answering 500");
+            EnvelopeError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error: {detail}"),
+            )
+            .into_response()
+        },
+    ))
 }
 
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
@@ -97,66 +159,129 @@ async fn validate(State(state): State<AppState>, request: Request) -> Response {
 
 async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Response {
     let started = Instant::now();
-    let body = match read_review_body(request).await {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
+    let webhook = endpoint.path();
+    let _in_flight = state.metrics.in_flight(webhook);
+    let result = match read_review_body(request, state.body_read_timeout).await {
+        Ok(body) => {
+            if state.log_objects {
+                tracing::debug!(webhook, review = %String::from_utf8_lossy(&body), "request");
+            }
+            admission::review(&body, endpoint, &state.policy())
+        }
+        Err(error) => Err(error),
     };
-    match admission::review(&body, endpoint, &state.policy) {
+    let latency = started.elapsed();
+    let response = match result {
         Ok(outcome) => {
-            let summary = &outcome.summary;
-            tracing::info!(
-                endpoint = endpoint.path(),
-                uid = %summary.uid,
-                operation = %summary.operation,
-                kind = %summary.kind,
-                namespace = %summary.namespace,
-                name = %summary.name,
-                allowed = summary.allowed,
-                patch_operations = summary.patch_operations,
-                latency_us = started.elapsed().as_micros() as u64,
-                "reviewed"
+            log_review(webhook, &outcome, latency);
+            let code = outcome
+                .response
+                .status
+                .as_ref()
+                .map_or(200, |status| status.code);
+            state.metrics.response(
+                webhook,
+                outcome.response.allowed,
+                code,
+                outcome.verdict.as_ref(),
             );
             json_response(StatusCode::OK, outcome.body)
         }
         Err(error) => {
-            tracing::warn!(endpoint = endpoint.path(), %error, "rejected a malformed review");
+            tracing::warn!(webhook, %error, "rejected a malformed review");
             error.into_response()
         }
-    }
+    };
+    state
+        .metrics
+        .request(webhook, response.status().as_u16(), latency);
+    response
+}
+
+/// One line per review: who, what was decided, what was patched, how long it took. Never the
+/// object itself.
+fn log_review(webhook: &'static str, outcome: &ReviewOutcome, latency: Duration) {
+    let summary = &outcome.summary;
+    let verdict = outcome.verdict.as_ref();
+    let decision = match verdict {
+        Some(v) if v.exemption.is_some() => "exempt",
+        _ if !summary.allowed => "denied",
+        _ if summary.patch_operations > 0 => "patched",
+        _ => "allowed",
+    };
+    let patched = verdict
+        .filter(|_| summary.patch_operations > 0)
+        .map(|v| {
+            let count =
+                |kinds: &[ChangeKind]| v.changes.iter().filter(|c| kinds.contains(&c.kind)).count();
+            format!(
+                "tolerations={} limits={} requests={}",
+                count(&[ChangeKind::TolerationAdded, ChangeKind::TolerationUpdated]),
+                count(&[ChangeKind::Limit, ChangeKind::LimitAndRequest]),
+                count(&[ChangeKind::LimitAndRequest])
+            )
+        })
+        .unwrap_or_default();
+    let violations = verdict
+        .map(|v| {
+            v.violations
+                .iter()
+                .chain(&v.warned_violations)
+                .map(|e| e.field.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    tracing::info!(
+        webhook,
+        uid = %summary.uid,
+        operation = %summary.operation,
+        kind = %summary.kind,
+        namespace = %summary.namespace,
+        name = %summary.name,
+        decision,
+        patched = %patched,
+        violations = %violations,
+        warnings = outcome.response.warnings.len(),
+        latency_us = latency.as_micros() as u64,
+        "review"
+    );
 }
 
 /// Reads the body of a review request: JSON only, at most [`MAX_BODY_BYTES`], within
-/// [`BODY_READ_TIMEOUT`].
+/// `timeout`.
 ///
 /// The body is read before the content type is judged: answering before the client has sent
 /// its body makes HTTP/2 clients see a reset stream instead of our error.
-async fn read_review_body(request: Request) -> Result<bytes::Bytes, EnvelopeError> {
+async fn read_review_body(
+    request: Request,
+    timeout: Duration,
+) -> Result<bytes::Bytes, EnvelopeError> {
     let (parts, body) = request.into_parts();
-    let body = read_limited(body).await?;
+    let limited = Limited::new(body, MAX_BODY_BYTES);
+    let body = match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => {
+            return Err(EnvelopeError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {}s", timeout.as_secs()),
+            ));
+        }
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            return Err(EnvelopeError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            ));
+        }
+        Ok(Err(error)) => {
+            return Err(EnvelopeError::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading request body: {error}"),
+            ));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
     check_content_type(&parts.headers)?;
     Ok(body)
-}
-
-async fn read_limited(body: Body) -> Result<bytes::Bytes, EnvelopeError> {
-    let limited = Limited::new(body, MAX_BODY_BYTES);
-    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(EnvelopeError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "request body not received within {}s",
-                BODY_READ_TIMEOUT.as_secs()
-            ),
-        )),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(EnvelopeError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        )),
-        Ok(Err(error)) => Err(EnvelopeError::new(
-            StatusCode::BAD_REQUEST,
-            format!("reading request body: {error}"),
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), EnvelopeError> {
@@ -195,11 +320,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
 async fn not_found(request: Request) -> Response {
     EnvelopeError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {} {}; the webhook serves POST /mutate, POST /validate, GET /healthz, GET /readyz",
+            "no route for {} {}; the webhook serves POST /mutate, POST /validate, GET /healthz, GET /readyz, GET /metrics",
             request.method(),
             request.uri().path()
         ),
@@ -244,33 +377,164 @@ impl IntoResponse for EnvelopeError {
     }
 }
 
-/// Accepts TLS connections on `listener` and serves `router` on each, HTTP/1.1 or HTTP/2, until
-/// `shutdown` completes; then stops accepting, lets in-flight requests finish (closing idle
-/// keep-alive connections at once) and returns, waiting at most [`SHUTDOWN_GRACE`].
-pub async fn serve(
+/// Everything `serve` needs besides its bound listener.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub metrics_listen: Option<SocketAddr>,
+    pub tls: tls::TlsFiles,
+    /// The policy file to reload from, if any.
+    pub config: Option<PathBuf>,
+    pub reload_interval: Duration,
+    pub limits: Limits,
+    pub log_objects: bool,
+}
+
+/// Binds `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves HTTPS on `listener` (and optionally plain-HTTP metrics) until `shutdown` completes,
+/// reloading the certificate and the policy file as they change.
+pub async fn run(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: Router,
-    ready: Arc<AtomicBool>,
+    options: ServeOptions,
+    policy: Policy,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), String> {
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_listener = match options.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let mut state = AppState::new(policy);
+    state.log_objects = options.log_objects;
+    state.body_read_timeout = options.limits.body_read_timeout;
+    let loaded = tls::load(&options.tls, options.limits.http2).map_err(|e| e.to_string())?;
+    if let Some(expiry) = loaded.not_after {
+        state.metrics.certificate_expiry(expiry);
+    }
+    let tls_state = Arc::new(tls::TlsState::new(loaded.config));
+
+    let mut background = tokio::task::JoinSet::new();
+    {
+        let files = options.tls.clone();
+        let http2 = options.limits.http2;
+        let tls_state = tls_state.clone();
+        let metrics = state.metrics.clone();
+        background.spawn(reload::run(
+            files.paths(),
+            options.reload_interval,
+            move || match tls::load(&files, http2) {
+                Ok(loaded) => {
+                    tls_state.replace(loaded.config);
+                    metrics.certificate_reload(true, loaded.not_after);
+                    tracing::info!(
+                        not_after = loaded.not_after,
+                        "reloaded the serving certificate"
+                    );
+                }
+                Err(error) => {
+                    metrics.certificate_reload(false, None);
+                    tracing::error!(%error, "certificate reload failed; still serving the previous certificate");
+                }
+            },
+        ));
+    }
+    if let Some(path) = options.config.clone() {
+        let state = state.clone();
+        background.spawn(reload::run(
+            vec![path.clone()],
+            options.reload_interval,
+            move || match crate::config::load(&path) {
+                Ok(policy) => {
+                    tracing::info!(policy = %crate::config::describe(&policy), "reloaded the policy file");
+                    state.set_policy(policy);
+                    state.metrics.policy_reload(true);
+                }
+                Err(error) => {
+                    state.metrics.policy_reload(false);
+                    tracing::error!(%error, "policy reload failed; the previous policy stays in force");
+                }
+            },
+        ));
+    }
+    if let Some(listener) = metrics_listener {
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(address = %address, "serving metrics on http://{address}/metrics");
+        background.spawn(serve_plain(listener, metrics_router(state.clone())));
+    }
+
+    tracing::info!(address = %local, "listening on https://{local}");
+    serve(
+        listener,
+        tls_state,
+        router(state.clone()),
+        state.ready.clone(),
+        &options.limits,
+        shutdown,
+    )
+    .await;
+    background.abort_all();
+    Ok(())
+}
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .keep_alive_interval(Duration::from_secs(30));
-    let builder = Arc::new(builder);
+        .max_concurrent_streams(limits.http2_max_streams)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    // hyper's HTTP/2 defaults also bound reset streams (CVE-2023-44487, "rapid reset").
+    if limits.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves `router` on each, HTTP/1.1 or HTTP/2, until
+/// `shutdown` completes; then turns unready, stops accepting, lets in-flight requests finish
+/// (closing idle keep-alive connections at once) and returns, waiting at most
+/// `limits.shutdown_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<tls::TlsState>,
+    router: Router,
+    ready: Arc<AtomicBool>,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(connection_builder(limits));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshake_timeout = limits.header_read_timeout;
 
     ready.store(true, Ordering::Release);
     tokio::pin!(shutdown);
     loop {
+        // At the connection limit, stop accepting until one ends: the kernel queues the rest.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -284,12 +548,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = tls.acceptor();
         let router = router.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _permit = permit;
+            let mut tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -300,10 +566,17 @@ pub async fn serve(
                     return;
                 }
             };
+            // hyper times out a request's headers, and idleness between requests, but not a
+            // connection that never sends a first byte: wait for that here.
+            let Some(first) = first_bytes(&mut tls, handshake_timeout).await else {
+                tracing::debug!(%peer, "no request within the header timeout");
+                return;
+            };
             let service = TowerToHyperService::new(
                 router.map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
             );
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            let io = TokioIo::new(Prefixed::new(first, tls));
+            let connection = builder.serve_connection(io, service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
@@ -312,12 +585,132 @@ pub async fn serve(
 
     ready.store(false, Ordering::Release);
     drop(listener);
-    tracing::info!("shutting down: waiting for in-flight reviews");
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: no new connections; waiting for in-flight reviews"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!("shutdown grace period of {}s elapsed; closing remaining connections", SHUTDOWN_GRACE.as_secs());
+        () = tokio::time::sleep(limits.shutdown_timeout) => {
+            tracing::warn!(
+                "shutdown timeout of {}s elapsed; closing remaining connections",
+                limits.shutdown_timeout.as_secs()
+            );
         }
+    }
+}
+
+/// The first bytes a client sends, if it sends any within `timeout`.
+async fn first_bytes<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buffer = vec![0; 16 * 1024];
+    match tokio::time::timeout(timeout, stream.read(&mut buffer)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => None,
+        Ok(Ok(n)) => {
+            buffer.truncate(n);
+            Some(buffer)
+        }
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    stream: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, stream: S) -> Self {
+        Self {
+            prefix,
+            offset: 0,
+            stream,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.offset);
+            let start = self.offset;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.offset += n;
+            if self.offset == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.offset = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Serves `router` over plain HTTP/1.1 (the optional metrics port).
+async fn serve_plain(listener: TcpListener, router: Router) {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let router = router.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = TowerToHyperService::new(
+                router.map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
+            );
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        });
     }
 }
 
@@ -343,9 +736,111 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Binds `addr`, reporting the address actually bound (port 0 picks a free port).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn call(router: Router, request: axum::http::Request<Body>) -> (StatusCode, String) {
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_router_keeps_serving() {
+        let state = AppState::new(Policy::default());
+        let routes: Router<AppState> = Router::new()
+            .route("/panic", get(boom))
+            .route("/healthz", get(healthz));
+        let router = guarded(routes, &state).with_state(state.clone());
+        let get = |path: &str| axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let (status, body) = call(router.clone(), get("/panic")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let status_json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status_json["kind"], "Status");
+        assert_eq!(status_json["message"], "internal error: boom");
+        assert!(
+            state
+                .metrics
+                .encode()
+                .contains("controller_runtime_webhook_panics_total 1")
+        );
+        let (status, _) = call(router, get("/healthz")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_and_move_with_reviews() {
+        let state = AppState::new(Policy::default());
+        let router = router(state.clone());
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/create-plain.json"
+        ))
+        .unwrap();
+        let review = axum::http::Request::post("/mutate")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, _) = call(router.clone(), review).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, text) = call(
+            router,
+            axum::http::Request::get("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            text.contains(
+                r#"controller_runtime_webhook_requests_total{webhook="/mutate",code="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"daemonset_webhook_mutations_total{kind="toleration"} 6"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn prefixed_streams_yield_the_prefix_then_the_rest() {
+        use tokio::io::AsyncReadExt as _;
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b" world")
+            .await
+            .unwrap();
+        drop(client);
+        let mut stream = Prefixed::new(b"hello".to_vec(), server);
+        let mut all = String::new();
+        stream.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_gets_no_first_bytes() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        assert!(
+            first_bytes(&mut server, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn policy_swaps_are_seen_by_the_next_review() {
+        let state = AppState::new(Policy::default());
+        let policy = Policy {
+            init_containers: false,
+            ..Policy::default()
+        };
+        state.set_policy(policy.clone());
+        assert_eq!(*state.policy(), policy);
+    }
 }

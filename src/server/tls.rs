@@ -1,19 +1,20 @@
-//! TLS for the admission endpoints: rustls, TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
+//! TLS for the admission endpoints: rustls, TLS 1.3 and 1.2 only, ALPN `h2` and `http/1.1`,
+//! optionally client certificates verified against a CA (mutual TLS).
 //!
-//! The serving certificate sits behind a resolver holding an atomically swappable
-//! `CertifiedKey`, so a new certificate can take effect for new handshakes without a restart
-//! while established connections keep theirs.
+//! The configuration lives behind a lock and is rebuilt from the files when they change, so a
+//! rotated certificate serves new handshakes without a restart while established connections
+//! keep theirs; a pair that does not load leaves the last good one in place.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
+use rustls::{RootCertStore, ServerConfig, version};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 /// ALPN protocols in the server's order of preference. kube-apiserver offers only `http/1.1`
 /// to webhooks; curl and other clients may pick `h2`.
@@ -31,28 +32,50 @@ pub enum TlsError {
         key: PathBuf,
         message: String,
     },
+    #[error("client CA {path}: {message}")]
+    ClientCa { path: PathBuf, message: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+}
+
+/// Where the serving certificate, its key and (for mutual TLS) the client CA are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The files a reload watches.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.cert.clone(), self.key.clone()];
+        paths.extend(self.client_ca.clone());
+        paths
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("no PEM CERTIFICATE block found".to_owned());
+    }
+    Ok(chain)
+}
+
 /// Reads a PEM certificate chain and private key and checks that they belong together.
 pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
-    let cert_error = |message: String| TlsError::Certificate {
+    let chain = read_certificates(cert_path).map_err(|message| TlsError::Certificate {
         path: cert_path.to_path_buf(),
         message,
-    };
-    let cert_pem = std::fs::read(cert_path).map_err(|e| cert_error(e.to_string()))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_error(format!("not a PEM certificate: {e}")))?;
-    if chain.is_empty() {
-        return Err(cert_error("no PEM CERTIFICATE block found".to_owned()));
-    }
-
+    })?;
     let key_error = |message: String| TlsError::Key {
         path: key_path.to_path_buf(),
         message,
@@ -60,63 +83,99 @@ pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Certified
     let key_pem = std::fs::read(key_path).map_err(|e| key_error(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| key_error(format!("no PEM private key found: {e}")))?;
-
-    let certified =
-        CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
-            cert: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    Ok(certified)
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
-/// Hands every handshake the current serving certificate.
-pub struct CertificateResolver {
-    current: RwLock<Arc<CertifiedKey>>,
+/// A loaded configuration and when its certificate expires.
+pub struct Loaded {
+    pub config: Arc<ServerConfig>,
+    /// The leaf certificate's notAfter, in seconds since the Unix epoch.
+    pub not_after: Option<i64>,
 }
 
-impl CertificateResolver {
-    pub fn new(key: CertifiedKey) -> Self {
+/// Builds the rustls configuration from the files: TLS 1.3 and 1.2, the provider's default
+/// (AEAD, forward-secret) cipher suites, ALPN `h2` (unless `http2` is false) then `http/1.1`,
+/// and, with a client CA, client certificates required.
+pub fn load(files: &TlsFiles, http2: bool) -> Result<Loaded, TlsError> {
+    let key = Arc::new(load_certified_key(&files.cert, &files.key)?);
+    let not_after = key.cert.first().and_then(|leaf| not_after(leaf));
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let ca_error = |message: String| TlsError::ClientCa {
+                path: path.clone(),
+                message,
+            };
+            let mut roots = RootCertStore::empty();
+            for certificate in read_certificates(path).map_err(ca_error)? {
+                roots
+                    .add(certificate)
+                    .map_err(|e| ca_error(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| ca_error(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SingleCert(key)));
+    config.alpn_protocols = ALPN_PROTOCOLS
+        .iter()
+        .filter(|p| http2 || **p != b"h2")
+        .map(|p| p.to_vec())
+        .collect();
+    Ok(Loaded {
+        config: Arc::new(config),
+        not_after,
+    })
+}
+
+/// Serves one certificate to every handshake, whatever name the client asks for.
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for SingleCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The certificate's notAfter as a Unix timestamp.
+pub fn not_after(certificate: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// The configuration new connections get; replaced on reload.
+pub struct TlsState {
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl TlsState {
+    pub fn new(config: Arc<ServerConfig>) -> Self {
         Self {
-            current: RwLock::new(Arc::new(key)),
+            current: RwLock::new(config),
         }
     }
 
-    /// Serves `key` to every handshake from now on.
-    pub fn replace(&self, key: CertifiedKey) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
-}
-
-impl fmt::Debug for CertificateResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertificateResolver")
-            .finish_non_exhaustive()
-    }
-}
-
-impl ResolvesServerCert for CertificateResolver {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-}
-
-/// The rustls server configuration: TLS 1.3 and 1.2, the provider's default (AEAD, forward
-/// secret) cipher suites, ALPN `h2` then `http/1.1`.
-pub fn server_config(resolver: Arc<CertificateResolver>) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
 }
 
 #[cfg(test)]
@@ -124,20 +183,38 @@ mod tests {
     use super::*;
     use crate::certs;
 
-    fn write_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    fn write_pair(dir: &Path) -> TlsFiles {
         certs::generate(&["localhost".to_owned()], 1)
             .unwrap()
             .write_to(dir)
             .unwrap();
-        (dir.join(certs::CERT_FILE), dir.join(certs::KEY_FILE))
+        TlsFiles {
+            cert: dir.join(certs::CERT_FILE),
+            key: dir.join(certs::KEY_FILE),
+            client_ca: None,
+        }
     }
 
     #[test]
-    fn loads_a_generated_pair() {
+    fn loads_a_generated_pair_with_its_expiry() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = write_pair(dir.path());
-        let certified = load_certified_key(&cert, &key).unwrap();
-        assert_eq!(certified.cert.len(), 1);
+        let files = write_pair(dir.path());
+        let loaded = load(&files, true).unwrap();
+        assert_eq!(
+            loaded.config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let expiry = loaded.not_after.unwrap();
+        assert!(
+            (now + 20 * 3600..now + 24 * 3600).contains(&expiry),
+            "{expiry} vs {now}"
+        );
+        let without_h2 = load(&files, false).unwrap();
+        assert_eq!(without_h2.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
 
     #[test]
@@ -152,36 +229,34 @@ mod tests {
     fn rejects_a_key_of_another_certificate() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        let (cert, _) = write_pair(a.path());
-        let (_, key) = write_pair(b.path());
-        let err = load_certified_key(&cert, &key).unwrap_err();
+        let files = write_pair(a.path());
+        let other = write_pair(b.path());
+        let err = load_certified_key(&files.cert, &other.key).unwrap_err();
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err}");
     }
 
     #[test]
     fn rejects_files_without_pem_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = write_pair(dir.path());
-        std::fs::write(&cert, "not a certificate").unwrap();
-        let err = load_certified_key(&cert, &key).unwrap_err();
+        let files = write_pair(dir.path());
+        std::fs::write(&files.cert, "not a certificate").unwrap();
+        let err = load_certified_key(&files.cert, &files.key).unwrap_err();
         assert!(matches!(err, TlsError::Certificate { .. }), "{err}");
-        let (cert, key) = write_pair(dir.path());
-        std::fs::write(&key, "").unwrap();
-        let err = load_certified_key(&cert, &key).unwrap_err();
+        let files = write_pair(dir.path());
+        std::fs::write(&files.key, "").unwrap();
+        let err = load_certified_key(&files.cert, &files.key).unwrap_err();
         assert!(matches!(err, TlsError::Key { .. }), "{err}");
     }
 
     #[test]
-    fn offers_tls12_and_tls13_with_alpn() {
+    fn a_client_ca_must_hold_certificates() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = write_pair(dir.path());
-        let resolver = Arc::new(CertificateResolver::new(
-            load_certified_key(&cert, &key).unwrap(),
-        ));
-        let config = server_config(resolver).unwrap();
-        assert_eq!(
-            config.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
+        let mut files = write_pair(dir.path());
+        files.client_ca = Some(dir.path().join(certs::CA_FILE));
+        assert!(load(&files, true).is_ok());
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        files.client_ca = Some(dir.path().join("empty.pem"));
+        let err = load(&files, true).err().unwrap();
+        assert!(matches!(err, TlsError::ClientCa { .. }), "{err}");
     }
 }
