@@ -217,6 +217,42 @@ mod tests {
         assert_eq!(without_h2.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
 
+    /// SECURITY.md lists these; keep it true.
+    #[test]
+    fn suites_and_groups_are_the_documented_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load(&write_pair(dir.path()), true).unwrap();
+        let provider = loaded.config.crypto_provider();
+        let suites: Vec<String> = provider
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(
+            suites,
+            [
+                "TLS13_AES_256_GCM_SHA384",
+                "TLS13_AES_128_GCM_SHA256",
+                "TLS13_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            ]
+        );
+        let groups: Vec<String> = provider
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect();
+        assert_eq!(
+            groups,
+            ["X25519", "secp256r1", "secp384r1", "X25519MLKEM768"]
+        );
+    }
+
     #[test]
     fn missing_file_names_the_path() {
         let err = load_certified_key(Path::new("/nonexistent/tls.crt"), Path::new("k"))
