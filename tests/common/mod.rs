@@ -725,3 +725,63 @@ pub fn apply_patch(object: &Value, patch: &json_patch::Patch) -> Value {
         .unwrap_or_else(|e| panic!("the patch does not apply ({e}): {patch:?}"));
     patched
 }
+
+// -------------------------------------------------------------------------------------------
+// The command-line subcommands (`check`, `review`), run to completion under assert_cmd.
+
+/// The crate's root: the working directory of [`cli`], so reports name `tests/check/...`.
+pub fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `daemonset-webhook ARGS` in the crate's root, with empty standard input, none of the
+/// developer's environment that changes what it does (the binary's variables, `NO_COLOR`), and
+/// killed after 120 s.
+pub fn cli(args: &[&str]) -> assert_cmd::Command {
+    let mut command = assert_cmd::Command::new(BIN);
+    command.current_dir(manifest_dir());
+    for var in ENV_VARS {
+        command.env_remove(var);
+    }
+    command
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .write_stdin(Vec::new())
+        .timeout(Duration::from_secs(120));
+    command
+}
+
+/// What a command-line run printed, and its exit code.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// `None` when killed by a signal (or the timeout).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout as it was written.
+    pub stdout_bytes: Vec<u8>,
+}
+
+impl CliOutput {
+    /// stdout as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs `command` to completion.
+pub fn run_cli(command: &mut assert_cmd::Command) -> CliOutput {
+    let output = command.output().expect("running daemonset-webhook");
+    CliOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        stdout_bytes: output.stdout,
+    }
+}
