@@ -102,6 +102,10 @@ pub struct CheckArgs {
     /// Policy file (YAML), the same as `serve --config`.
     #[arg(long, env = "DAEMONSET_WEBHOOK_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// The namespace of objects that name none (for namespace exemptions), as
+    /// `kubectl apply -n` would give them.
+    #[arg(long, short = 'n', default_value = "default", value_name = "NAME")]
+    pub namespace: String,
     /// Colour in text output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -327,6 +331,7 @@ fn run_check(args: &CheckArgs) -> ExitCode {
     };
     let options = check::Options {
         format: args.output,
+        namespace: &args.namespace,
         require_mutated: args.require_mutated,
         color: color && args.output == Format::Text,
     };

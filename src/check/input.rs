@@ -1,9 +1,13 @@
 //! Reading manifests: files, directories (recursively), standard input; YAML streams of many
 //! documents, JSON, and `kind: List`.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use serde_json::Value;
 use serde_saphyr::Spanned;
@@ -34,9 +38,11 @@ impl Input {
 
 /// A manifest file's extension: what a directory walk picks up.
 pub fn is_manifest(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["yaml", "yml", "json"]
+            .iter()
+            .any(|m| e.eq_ignore_ascii_case(m))
+    })
 }
 
 /// Turns the command line's paths into inputs: `-` is standard input, a directory contributes
@@ -49,7 +55,7 @@ pub fn expand(paths: &[PathBuf]) -> (Vec<Input>, Vec<(String, String)>) {
         if path.as_os_str() == "-" {
             inputs.push(Input::Stdin);
         } else if path.is_dir() {
-            walk(path, &mut inputs, &mut errors);
+            walk(path, &mut inputs, &mut errors, &mut HashSet::new());
         } else {
             inputs.push(Input::File(path.clone()));
         }
@@ -57,7 +63,25 @@ pub fn expand(paths: &[PathBuf]) -> (Vec<Input>, Vec<(String, String)>) {
     (inputs, errors)
 }
 
-fn walk(dir: &Path, inputs: &mut Vec<Input>, errors: &mut Vec<(String, String)>) {
+/// Walks `dir`; `seen` holds the directories already walked (by canonical path), so a symlink
+/// to an ancestor is not followed round and round.
+fn walk(
+    dir: &Path,
+    inputs: &mut Vec<Input>,
+    errors: &mut Vec<(String, String)>,
+    seen: &mut HashSet<PathBuf>,
+) {
+    match std::fs::canonicalize(dir) {
+        Ok(canonical) => {
+            if !seen.insert(canonical) {
+                return;
+            }
+        }
+        Err(error) => {
+            errors.push((dir.display().to_string(), error.to_string()));
+            return;
+        }
+    }
     let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(error) => {
@@ -74,7 +98,7 @@ fn walk(dir: &Path, inputs: &mut Vec<Input>, errors: &mut Vec<(String, String)>)
             .is_some_and(|n| n.starts_with('.'));
         if path.is_dir() {
             if !hidden {
-                walk(&path, inputs, errors);
+                walk(&path, inputs, errors, seen);
             }
         } else if is_manifest(&path) {
             inputs.push(Input::File(path));
@@ -119,12 +143,16 @@ fn options() -> serde_saphyr::Options {
 
 /// Reads a YAML (or JSON) stream one document at a time, handing each to `visit`; a syntax
 /// error ends the stream. Only one document is held in memory at once.
-pub fn for_each_document(
-    mut reader: impl Read,
-    mut visit: impl FnMut(Result<Document, ReadError>),
-) {
+pub fn for_each_document(reader: impl Read, mut visit: impl FnMut(Result<Document, ReadError>)) {
+    let failure = Rc::new(RefCell::new(None));
+    let mut reader = Utf8Checked::new(reader, failure.clone());
     let mut index = 0;
     for item in serde_saphyr::read_with_options::<_, Spanned<Value>>(&mut reader, options()) {
+        // The parser reports our reader's error as a bare "IO error": say what it was.
+        if let (Err(_), Some(error)) = (&item, failure.borrow_mut().take()) {
+            visit(Err(error));
+            continue;
+        }
         visit(
             item.map(|spanned| {
                 index += 1;
@@ -146,10 +174,102 @@ pub fn for_each_document(
     }
 }
 
+/// Passes a stream through, stopping with an error that says where at the first byte that is
+/// not UTF-8 (YAML is UTF-8; a UTF-16 stream with a byte order mark is passed on unchecked for
+/// the parser to transcode).
+struct Utf8Checked<R> {
+    inner: R,
+    failure: Rc<RefCell<Option<ReadError>>>,
+    started: bool,
+    unchecked: bool,
+    /// The start of a multi-byte character cut by a read boundary.
+    pending: Vec<u8>,
+    line: u64,
+    column: u64,
+}
+
+impl<R: Read> Utf8Checked<R> {
+    fn new(inner: R, failure: Rc<RefCell<Option<ReadError>>>) -> Self {
+        Self {
+            inner,
+            failure,
+            started: false,
+            unchecked: false,
+            pending: Vec::new(),
+            line: 1,
+            column: 1,
+        }
+    }
+
+    fn advance(&mut self, text: &str) {
+        for c in text.chars() {
+            if c == '\n' {
+                self.line += 1;
+                self.column = 1;
+            } else {
+                self.column += 1;
+            }
+        }
+    }
+
+    fn fail(&mut self) -> io::Error {
+        let message = "not valid UTF-8 (manifests are UTF-8 text)".to_owned();
+        *self.failure.borrow_mut() = Some(ReadError {
+            line: Some(self.line),
+            column: Some(self.column),
+            message: message.clone(),
+        });
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    }
+}
+
+impl<R: Read> Read for Utf8Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !self.started && n > 0 {
+            self.started = true;
+            self.unchecked = buf.starts_with(&[0xff, 0xfe]) || buf.starts_with(&[0xfe, 0xff]);
+        }
+        if self.unchecked {
+            return Ok(n);
+        }
+        if n == 0 {
+            return if self.pending.is_empty() {
+                Ok(0)
+            } else {
+                Err(self.fail())
+            };
+        }
+        let mut data = std::mem::take(&mut self.pending);
+        data.extend_from_slice(&buf[..n]);
+        match std::str::from_utf8(&data) {
+            Ok(text) => {
+                let text = text.to_owned();
+                self.advance(&text);
+            }
+            Err(error) => {
+                let valid = std::str::from_utf8(&data[..error.valid_up_to()])
+                    .unwrap_or_default()
+                    .to_owned();
+                self.advance(&valid);
+                if error.error_len().is_some() {
+                    return Err(self.fail());
+                }
+                self.pending = data[error.valid_up_to()..].to_vec();
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// serde-saphyr renders a snippet below its message and repeats the position in it; reports
 /// want the message, the position being reported on its own.
 fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or_default().trim();
+    // A hint meant for programmers using the library, not for people reading the report.
+    let line = line
+        .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
+        .unwrap_or(line);
     match line.rfind(" at line ") {
         Some(at) if line[at..].contains(", column ") => line[..at].to_owned(),
         _ => line.to_owned(),
@@ -157,20 +277,42 @@ fn first_line(message: &str) -> String {
 }
 
 /// The objects a document holds: itself, or the items of a `kind: List` (`v1/List` or any
-/// `*List` kind with `items`), with their item index.
-pub fn objects(value: &Value) -> Vec<(Option<usize>, &Value)> {
-    let is_list = value
+/// `*List` kind with `items`), with their item index. Items of a typed list (`DaemonSetList`,
+/// as the API returns lists) carry no kind or apiVersion: they get the list's.
+pub fn objects(value: &Value) -> Vec<(Option<usize>, Cow<'_, Value>)> {
+    let kind = value
         .get("kind")
         .and_then(Value::as_str)
-        .is_some_and(|k| k.ends_with("List"));
-    match value.get("items").and_then(Value::as_array) {
-        Some(items) if is_list => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (Some(i), item))
-            .collect(),
-        _ => vec![(None, value)],
-    }
+        .unwrap_or_default();
+    let Some(items) = value
+        .get("items")
+        .and_then(Value::as_array)
+        .filter(|_| kind.ends_with("List"))
+    else {
+        return vec![(None, Cow::Borrowed(value))];
+    };
+    let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+    let api_version = value.get("apiVersion").cloned();
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let untyped = item.get("kind").is_none();
+            let object = match (item_kind, item.as_object()) {
+                (Some(item_kind), Some(fields)) if untyped => {
+                    let mut typed = serde_json::Map::new();
+                    if let Some(api_version) = &api_version {
+                        typed.insert("apiVersion".to_owned(), api_version.clone());
+                    }
+                    typed.insert("kind".to_owned(), Value::from(item_kind));
+                    typed.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    Cow::Owned(Value::Object(typed))
+                }
+                _ => Cow::Borrowed(item),
+            };
+            (Some(i), object)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -192,6 +334,20 @@ mod tests {
         assert_eq!((docs[0].index, docs[0].line), (1, 3));
         assert_eq!((docs[1].index, docs[1].line), (2, 7));
         assert_eq!(docs[1].value, json!({ "kind": "B" }));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_reported_where_it_is() {
+        let mut docs = Vec::new();
+        for_each_document(&b"a: 1\n---\nname: caf\xe9\n"[..], |doc| docs.push(doc));
+        let error = docs.last().unwrap().as_ref().unwrap_err();
+        assert_eq!((error.line, error.column), (Some(3), Some(10)), "{error:?}");
+        assert!(error.message.contains("UTF-8"), "{error:?}");
+        // A character cut by a read boundary is fine.
+        let text = "- caf\u{e9} \u{1F600}\n".repeat(5000);
+        let mut docs = Vec::new();
+        for_each_document(text.as_bytes(), |doc| docs.push(doc));
+        assert!(docs.iter().all(Result::is_ok));
     }
 
     #[test]
@@ -226,11 +382,14 @@ mod tests {
         let list = json!({ "apiVersion": "v1", "kind": "List", "items": [{ "kind": "A" }, { "kind": "B" }] });
         let objects = objects(&list);
         assert_eq!(objects.len(), 2);
-        assert_eq!(objects[1], (Some(1), &json!({ "kind": "B" })));
-        let typed_list = json!({ "kind": "DaemonSetList", "items": [{ "kind": "DaemonSet" }] });
-        assert_eq!(super::objects(&typed_list).len(), 1);
+        assert_eq!(objects[1], (Some(1), Cow::Owned(json!({ "kind": "B" }))));
+        let typed_list = json!({ "apiVersion": "apps/v1", "kind": "DaemonSetList", "items": [{ "metadata": { "name": "x" } }] });
+        assert_eq!(
+            super::objects(&typed_list)[0].1.as_ref(),
+            &json!({ "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": { "name": "x" } })
+        );
         let plain = json!({ "kind": "DaemonSet", "items": [1] });
-        assert_eq!(super::objects(&plain), vec![(None, &plain)]);
+        assert_eq!(super::objects(&plain), vec![(None, Cow::Borrowed(&plain))]);
     }
 
     #[test]

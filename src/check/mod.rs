@@ -18,8 +18,10 @@ use input::Input;
 
 /// How `check` reports and what it demands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Options {
+pub struct Options<'a> {
     pub format: Format,
+    /// The namespace of objects that name none, as `kubectl apply -n` would give them.
+    pub namespace: &'a str,
     /// A DaemonSet the webhook would still patch fails the check too.
     pub require_mutated: bool,
     /// ANSI colour in text output.
@@ -230,7 +232,7 @@ fn text_at(value: &Value, pointer: &str) -> String {
 pub fn run(
     paths: &[PathBuf],
     policy: &Policy,
-    options: Options,
+    options: Options<'_>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Summary {
@@ -246,7 +248,7 @@ pub fn run(
     }
     let several = inputs.len() > 1;
     for source in &inputs {
-        check_input(source, several, policy, &mut reporter);
+        check_input(source, several, policy, options.namespace, &mut reporter);
     }
     reporter.finish()
 }
@@ -255,6 +257,7 @@ fn check_input(
     source: &Input,
     several: bool,
     policy: &Policy,
+    namespace: &str,
     reporter: &mut output::Reporter<'_>,
 ) {
     let file = source.name();
@@ -281,7 +284,8 @@ fn check_input(
         Ok(mut document) => {
             let mut findings = Vec::new();
             for (item, object) in input::objects(&document.value) {
-                match judge(object, policy) {
+                let object = object.as_ref();
+                match judge(object, Some(namespace), policy) {
                     None => reporter.skipped(),
                     Some((api_version, note, verdict)) => findings.push(Finding {
                         file: file.clone(),
@@ -306,6 +310,7 @@ fn check_input(
 /// and the verdict (`None` for an apiVersion that never served DaemonSets).
 pub fn judge(
     object: &Value,
+    namespace: Option<&str>,
     policy: &Policy,
 ) -> Option<(String, Option<&'static str>, Option<Verdict>)> {
     let api_version = text_at(object, "/apiVersion");
@@ -313,7 +318,7 @@ pub fn judge(
         Ok(converted) => (
             api_version,
             converted.note,
-            Some(policy::review(&converted.object, None, policy)),
+            Some(policy::review(&converted.object, namespace, policy)),
         ),
         Err(()) => (api_version, None, None),
     })
@@ -361,7 +366,7 @@ mod tests {
     fn apps_v1_is_judged_as_it_is() {
         let mut object = daemonset("apps/v1");
         object["spec"]["selector"] = json!({ "matchLabels": { "app": "agent" } });
-        let (api_version, note, verdict) = judge(&object, &Policy::default()).unwrap();
+        let (api_version, note, verdict) = judge(&object, None, &Policy::default()).unwrap();
         assert_eq!(api_version, "apps/v1");
         assert!(note.is_none());
         let verdict = verdict.unwrap();
@@ -378,25 +383,27 @@ mod tests {
             converted.object["spec"]["selector"],
             json!({ "matchLabels": { "app": "agent" } })
         );
-        let (_, note, verdict) = judge(&object, &Policy::default()).unwrap();
+        let (_, note, verdict) = judge(&object, None, &Policy::default()).unwrap();
         assert!(note.unwrap().contains("extensions/v1beta1"));
         assert!(verdict.unwrap().allowed());
     }
 
     #[test]
     fn apps_v1beta2_keeps_its_missing_selector_and_is_invalid() {
-        let (_, note, verdict) = judge(&daemonset("apps/v1beta2"), &Policy::default()).unwrap();
+        let (_, note, verdict) =
+            judge(&daemonset("apps/v1beta2"), None, &Policy::default()).unwrap();
         assert!(note.unwrap().contains("apps/v1beta2"));
         assert!(!verdict.unwrap().allowed());
     }
 
     #[test]
     fn unknown_versions_are_unsupported_and_other_kinds_are_not_daemonsets() {
-        let (api_version, _, verdict) = judge(&daemonset("apps/v2"), &Policy::default()).unwrap();
+        let (api_version, _, verdict) =
+            judge(&daemonset("apps/v2"), None, &Policy::default()).unwrap();
         assert_eq!(api_version, "apps/v2");
         assert!(verdict.is_none());
-        assert!(judge(&json!({ "kind": "Deployment" }), &Policy::default()).is_none());
-        assert!(judge(&json!("text"), &Policy::default()).is_none());
+        assert!(judge(&json!({ "kind": "Deployment" }), None, &Policy::default()).is_none());
+        assert!(judge(&json!("text"), None, &Policy::default()).is_none());
     }
 
     #[test]

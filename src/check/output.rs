@@ -32,26 +32,40 @@ const YELLOW: &str = "\x1b[33m";
 const BOLD: &str = "\x1b[1m";
 
 pub(super) struct Reporter<'a> {
-    options: Options,
+    options: Options<'a>,
     out: &'a mut dyn Write,
     err: &'a mut dyn Write,
     summary: Summary,
     files: usize,
-    results: Vec<Value>,
+    /// JSON results written so far (they are streamed, not held).
+    results: usize,
     errors: Vec<Value>,
     /// A `# Source:` comment owed before the next YAML document.
     source: Option<String>,
 }
 
 impl<'a> Reporter<'a> {
-    pub(super) fn new(options: Options, out: &'a mut dyn Write, err: &'a mut dyn Write) -> Self {
+    pub(super) fn new(
+        options: Options<'a>,
+        out: &'a mut dyn Write,
+        err: &'a mut dyn Write,
+    ) -> Self {
+        if options.format == Format::Json {
+            // The report is streamed: its head now, each result as it is found, its tail last.
+            let _ = write!(
+                out,
+                "{{\n  \"apiVersion\": {},\n  \"kind\": {},\n  \"results\": [",
+                Value::from(REPORT_API_VERSION),
+                Value::from(REPORT_KIND)
+            );
+        }
         Self {
             options,
             out,
             err,
             summary: Summary::default(),
             files: 0,
-            results: Vec::new(),
+            results: 0,
             errors: Vec::new(),
             source: None,
         }
@@ -106,7 +120,14 @@ impl<'a> Reporter<'a> {
             self.summary.count(finding.status());
             match self.options.format {
                 Format::Text => self.text(finding),
-                Format::Json => self.results.push(finding_json(finding)),
+                Format::Json => {
+                    let separator = if self.results == 0 { "" } else { "," };
+                    self.results += 1;
+                    let pretty = serde_json::to_string_pretty(&finding_json(finding))
+                        .unwrap_or_default()
+                        .replace('\n', "\n    ");
+                    let _ = write!(self.out, "{separator}\n    {pretty}");
+                }
                 Format::Patch => {
                     if finding.status() == Status::Incomplete {
                         let line = json!({
@@ -241,14 +262,11 @@ impl<'a> Reporter<'a> {
         let _ = write!(self.out, "{block}");
     }
 
-    pub(super) fn finish(mut self) -> Summary {
+    pub(super) fn finish(self) -> Summary {
         let summary = self.summary;
         match self.options.format {
             Format::Json => {
-                let report = json!({
-                    "apiVersion": REPORT_API_VERSION,
-                    "kind": REPORT_KIND,
-                    "results": self.results,
+                let tail = json!({
                     "errors": self.errors,
                     "summary": {
                         "files": self.files,
@@ -263,8 +281,17 @@ impl<'a> Reporter<'a> {
                         "exitCode": summary.exit_code(self.options.require_mutated),
                     },
                 });
-                let _ = serde_json::to_writer_pretty(&mut self.out, &report);
-                let _ = writeln!(self.out);
+                let tail = serde_json::to_string_pretty(&tail)
+                    .unwrap_or_default()
+                    .replace('\n', "\n  ");
+                // `tail` is an object; splice its members after the results.
+                let members = tail
+                    .strip_prefix('{')
+                    .and_then(|t| t.strip_suffix('}'))
+                    .unwrap_or_default()
+                    .trim_end();
+                let close = if self.results == 0 { "]" } else { "\n  ]" };
+                let _ = writeln!(self.out, "{close},{members}\n}}");
             }
             Format::Text => {
                 let line = summary_line(&summary, self.files);

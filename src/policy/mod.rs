@@ -531,9 +531,11 @@ fn exemption(
     if annotated {
         return Some(format!("annotation {EXCLUDE_ANNOTATION}=true"));
     }
-    let namespace = request_namespace
+    let namespace = metadata
+        .namespace
+        .as_deref()
         .filter(|n| !n.is_empty())
-        .or(metadata.namespace.as_deref())?;
+        .or(request_namespace)?;
     exemptions
         .namespaces
         .contains(namespace)
@@ -908,7 +910,18 @@ mod tests {
             by_object_namespace.exemption.as_deref(),
             Some("namespace kube-system is exempt in the policy file")
         );
-        let elsewhere = review(&object, Some("other"), &policy);
+        // An object without a namespace is in the request's (or, offline, the assumed) one.
+        let mut unnamespaced = object.clone();
+        unnamespaced["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("namespace");
+        assert!(
+            review(&unnamespaced, Some("kube-system"), &policy)
+                .exemption
+                .is_some()
+        );
+        let elsewhere = review(&unnamespaced, Some("other"), &policy);
         assert!(elsewhere.exemption.is_none() && !elsewhere.allowed());
 
         let mut annotated = plain();
