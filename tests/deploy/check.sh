@@ -71,6 +71,7 @@ need_apt=()
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]} (apt-get)"
@@ -743,6 +744,52 @@ PYTHON
   }
   check "shellcheck the workflows' run: steps" workflow_scripts
 fi
+
+# --- monitoring: alert rules and dashboard ----------------------------------------------------
+say "== monitoring (promtool $(promtool --version 2>&1 | head -1 | awk '{print $3}'))"
+check "promtool check rules deploy/monitoring/alerts.yaml" promtool check rules --lint=all deploy/monitoring/alerts.yaml
+check "promtool test rules deploy/monitoring/alerts_test.yaml (the alerts fire when they should)" \
+  promtool test rules deploy/monitoring/alerts_test.yaml
+dashboard_queries() {
+  # Every query of the dashboard parses as PromQL and names only metrics that exist: the
+  # webhook's own (as a running webhook exposes them) or the API server's.
+  "$PY" - deploy/monitoring/grafana-dashboard.json "$TMP/dashboard-rules.json" "$TMP/metrics.txt" <<'PYTHON' || return 1
+import json, re, sys
+dashboard, rules_out, metrics_out = sys.argv[1:4]
+d = json.load(open(dashboard))
+assert d["uid"] and d["title"] and d["panels"], "dashboard lacks uid, title or panels"
+exprs = [t["expr"] for p in d["panels"] for t in p["targets"]]
+json.dump({"groups": [{"name": "dashboard", "rules": [
+    {"record": f"dashboard:query{i}", "expr": e.replace("$__rate_interval", "5m")}
+    for i, e in enumerate(exprs)]}]}, open(rules_out, "w"))
+open(metrics_out, "w").write("\n".join(exprs))
+PYTHON
+  promtool check rules "$TMP/dashboard-rules.json" >/dev/null || return 1
+  local exposed
+  exposed=$(curl -sS --cacert "$certs/ca.crt" "https://localhost:${metrics_port}/metrics" 2>/dev/null || true)
+  [ -n "$exposed" ] || { say "could not scrape the webhook's /metrics"; return 1; }
+  local name missing=0
+  while read -r name; do
+    grep -q "^# TYPE ${name%_total} " <<<"$exposed" || grep -q "^# TYPE $name " <<<"$exposed" ||
+      { say "not exposed by the webhook: $name"; missing=1; }
+  done < <(grep -ohE '(controller_runtime|daemonset)_webhook_[a-z_]+' "$TMP/metrics.txt" deploy/monitoring/alerts.yaml |
+    sed -E 's/_(bucket|count|sum)$//' | sort -u)
+  return "$missing"
+}
+metrics_dir="$TMP/metrics-serve"
+mkdir -p "$metrics_dir"
+(cd "$metrics_dir" && exec "$(realpath "$BIN")" --listen 127.0.0.1:0 --log-format text >server.log 2>&1) &
+metrics_pid=$!
+metrics_port=""
+for _ in $(seq 1 100); do
+  metrics_port=$(grep -oE 'listening on https://127\.0\.0\.1:[0-9]+' "$metrics_dir/server.log" 2>/dev/null | grep -oE '[0-9]+$' || true)
+  [ -n "$metrics_port" ] && break
+  sleep 0.1
+done
+certs="$metrics_dir/certs"
+check "the dashboard's queries parse and the metrics they and the alerts name are exposed" dashboard_queries
+kill "$metrics_pid" 2>/dev/null || true
+wait "$metrics_pid" 2>/dev/null || true
 
 # --- summary ---------------------------------------------------------------------------------
 say ""
