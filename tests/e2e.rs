@@ -1247,8 +1247,9 @@ async fn two_hundred_reviews_over_twenty_concurrent_connections() {
     }
     assert_eq!(count, 200);
     assert_eq!(uids.len(), 200);
+    // A hang detector, not a speed test (speed is measured by the README's load runs).
     assert!(
-        started.elapsed() < Duration::from_secs(30),
+        started.elapsed() < Duration::from_secs(120),
         "200 reviews took {:?}",
         started.elapsed()
     );
@@ -1442,12 +1443,13 @@ async fn sigterm_exits_zero_promptly_with_idle_connections_open() {
 
     let started = Instant::now();
     server.terminate();
-    let status = server.wait_exit(Duration::from_secs(5));
+    // Well within the 15 s shutdown timeout: idle connections do not hold the exit up.
+    let status = server.wait_exit(Duration::from_secs(10));
     let logs = server.logs();
-    let status = status.unwrap_or_else(|| panic!("still running 5 s after SIGTERM:\n{logs}"));
+    let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM:\n{logs}"));
     assert_eq!(status.code(), Some(0), "{status}:\n{logs}");
     assert!(logs.contains("SIGTERM"), "{logs}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10));
     // The idle connections were open until the end.
     drop((h1, h2));
 }

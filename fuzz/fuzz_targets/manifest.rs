@@ -1,0 +1,25 @@
+//! The offline path: YAML/JSON streams as `check` reads them, every object judged. No input may
+//! panic, loop, or blow the stack; a patch of a valid DaemonSet always applies.
+#![no_main]
+
+use daemonset_webhook::check::{self, input};
+use daemonset_webhook::policy::Policy;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let policy = Policy::default();
+    input::for_each_document(data, |document| {
+        let Ok(document) = document else {
+            return;
+        };
+        for (_, object) in input::objects(&document.value) {
+            let Some((_, _, Some(verdict))) = check::judge(&object, None, &policy) else {
+                continue;
+            };
+            if verdict.allowed() {
+                let mut patched = object.into_owned();
+                json_patch::patch(&mut patched, verdict.patch()).expect("the patch applies");
+            }
+        }
+    });
+});
