@@ -51,6 +51,13 @@ pub enum Certs {
     Fresh,
     /// No certificate flags: the binary's defaults (`certs/` under the working directory).
     Defaults,
+    /// These files, passed as `--tls-cert` and `--tls-key`; `ca` is what clients trust. For tests
+    /// that rotate or break the files under a running server.
+    Given {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
 }
 
 /// How to start the server.
@@ -102,6 +109,14 @@ impl Server {
                 certs_dir.join(daemonset_webhook::certs::CA_FILE)
             }
             Certs::Defaults => cwd.join("certs").join(daemonset_webhook::certs::CA_FILE),
+            Certs::Given { cert, key, ca } => {
+                command
+                    .arg("--tls-cert")
+                    .arg(cert)
+                    .arg("--tls-key")
+                    .arg(key);
+                ca
+            }
         };
         command.args(&options.args);
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
@@ -220,6 +235,50 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// The exit status if the process has exited, without waiting (for async tests, which must
+    /// not block their runtime's threads).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("waiting for the server");
+        }
+        self.exited
+    }
+
+    /// The plain-HTTP metrics address (`--metrics-listen`), as the server logged it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        const SERVING_METRICS: &str = "serving metrics on http://";
+        self.logs().lines().find_map(|line| {
+            let rest = &line[line.find(SERVING_METRICS)? + SERVING_METRICS.len()..];
+            rest[..rest.find('/')?].parse().ok()
+        })
+    }
+
+    /// The log so far as JSON objects, one per line (`--log-format json`, the default off a
+    /// terminal); panics on a line that is not one.
+    pub fn json_logs(&self) -> Vec<Value> {
+        self.logs()
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<Value>(line)
+                    .ok()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| panic!("a log line that is not a JSON object: {line}"))
+            })
+            .collect()
+    }
+
+    /// `GET /metrics` over HTTPS on a new connection, parsed.
+    pub async fn scrape(&self) -> Scrape {
+        let mut connection = self
+            .client(Alpn::Http1)
+            .connect()
+            .await
+            .expect("connecting for /metrics");
+        let reply = connection.get("/metrics").await;
+        assert_eq!(reply.status, StatusCode::OK, "/metrics: {}", reply.text());
+        Scrape::parse(&reply.text())
+    }
 }
 
 impl Drop for Server {
@@ -313,9 +372,18 @@ pub struct TlsClientBuilder {
     server_name: String,
     alpn: Alpn,
     versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    /// PEM certificate chain and key to present (mutual TLS).
+    identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl TlsClientBuilder {
+    /// Presents this PEM certificate chain and private key when the server asks for a client
+    /// certificate (mutual TLS).
+    pub fn client_identity(mut self, cert_pem: &[u8], key_pem: &[u8]) -> Self {
+        self.identity = Some((cert_pem.to_vec(), key_pem.to_vec()));
+        self
+    }
+
     /// The name to verify the certificate for (and send as SNI); `localhost` by default.
     pub fn server_name(mut self, name: &str) -> Self {
         self.server_name = name.to_owned();
@@ -341,11 +409,23 @@ impl TlsClientBuilder {
             roots.add(cert.expect("a PEM certificate")).expect("a CA");
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&self.versions)
             .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("a PEM client certificate chain");
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+                    .expect("a PEM client key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("a client certificate and its key")
+            }
+        };
         config.alpn_protocols = self.alpn.protocols();
         TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
@@ -371,6 +451,25 @@ impl TlsClient {
             server_name: "localhost".to_owned(),
             alpn: Alpn::Both,
             versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            identity: None,
+        }
+    }
+
+    /// Opens one TLS connection and returns the stream, for tests that speak (or withhold)
+    /// HTTP themselves.
+    pub async fn connect_tls(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        tcp.set_nodelay(true)?;
+        self.connector.connect(self.server_name.clone(), tcp).await
+    }
+
+    /// The `host:port` the client sends in `Host` and `:authority`.
+    pub fn authority(&self) -> String {
+        match &self.server_name {
+            ServerName::DnsName(name) => format!("{}:{}", name.as_ref(), self.addr.port()),
+            _ => self.addr.to_string(),
         }
     }
 
@@ -384,6 +483,10 @@ impl TlsClient {
             .await?;
         let (_, session) = tls.get_ref();
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let peer_certificate = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| leaf.clone().into_owned());
         let tls_version = session
             .protocol_version()
             .expect("a finished handshake has a version");
@@ -407,6 +510,7 @@ impl TlsClient {
             sender,
             alpn,
             tls_version,
+            peer_certificate,
             authority,
         })
     }
@@ -423,6 +527,8 @@ pub struct Connection {
     /// What ALPN chose.
     pub alpn: Option<Vec<u8>>,
     pub tls_version: rustls::ProtocolVersion,
+    /// The certificate the server presented (the leaf, DER).
+    pub peer_certificate: Option<CertificateDer<'static>>,
     authority: String,
 }
 
@@ -469,6 +575,7 @@ impl Connection {
                 sender: Sender::H2(sender.clone()),
                 alpn: self.alpn.clone(),
                 tls_version: self.tls_version,
+                peer_certificate: self.peer_certificate.clone(),
                 authority: self.authority.clone(),
             },
             Sender::H1(_) => panic!("an HTTP/1.1 connection cannot be shared"),
@@ -783,5 +890,109 @@ pub fn run_cli(command: &mut assert_cmd::Command) -> CliOutput {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         stdout_bytes: output.stdout,
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Metrics, plain HTTP, and waiting for a running server to change.
+
+/// One scrape of `/metrics`: every sample line by its series (name and labels as written).
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub text: String,
+    samples: std::collections::BTreeMap<String, f64>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| {
+                let (series, value) = line
+                    .rsplit_once(' ')
+                    .unwrap_or_else(|| panic!("a metrics line without a value: {line}"));
+                let value = value
+                    .parse::<f64>()
+                    .unwrap_or_else(|e| panic!("{line}: value {value:?}: {e}"));
+                (series.to_owned(), value)
+            })
+            .collect();
+        Scrape {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The value of one series, e.g. `daemonset_webhook_policy_reloads_total{result="error"}`.
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.samples.get(series).copied()
+    }
+
+    /// The value of one series; panics, showing the scrape, when it is missing.
+    pub fn value(&self, series: &str) -> f64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("no series {series} in:\n{}", self.text))
+    }
+
+    /// Every series, in order.
+    pub fn series(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.samples.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+/// `GET path` over plain HTTP/1.1 (the `--metrics-listen` port): status, content type, body.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (StatusCode, String, String) {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let (mut sender, connection) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("an HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    let response = sender
+        .send_request(request)
+        .await
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a response body")
+        .to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Polls `condition` every 25 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
