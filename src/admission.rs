@@ -447,7 +447,12 @@ fn respond(
             )));
         }
     };
-    let verdict = policy::review_json(object, request.namespace.as_deref(), policy);
+    let verdict =
+        policy::review_json(object, request.namespace.as_deref(), policy).map_err(|error| {
+            EnvelopeError::bad_request(format!(
+                "request body is not valid JSON: request.object.{error}"
+            ))
+        })?;
     let mutates = endpoint == Endpoint::Mutate && verdict.allowed();
     let response = if !verdict.allowed() {
         allow.deny_invalid(&object_name(request), &verdict.violations)

@@ -480,6 +480,11 @@ fn run_serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Watched from before the first load, so an edit during start-up is not lost.
+    let policy_watch = args
+        .config
+        .as_ref()
+        .map(|path| (path.clone(), server::reload::Watch::new(vec![path.clone()])));
     let policy = match &args.config {
         Some(path) => config::load(path).map_err(|e| e.to_string())?,
         None => Default::default(),
@@ -502,7 +507,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             key: args.tls_key.clone(),
             client_ca: args.client_ca.clone(),
         },
-        config: args.config.clone(),
+        config: policy_watch,
         reload_interval: args.reload_interval,
         limits: server::Limits {
             max_connections: args.max_connections as usize,

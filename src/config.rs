@@ -295,18 +295,35 @@ fn resource_defaults(
         limits: quantities(&file.default, "default", built_in.limits)?,
         requests: quantities(&file.default_request, "defaultRequest", built_in.requests)?,
     };
+    // Where each request is written, to point at it; a built-in one is nowhere in the file.
+    let at = |name: &str| {
+        file.default_request
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .map_or_else(String::new, |v| format!("line {}: ", v.defined.line()))
+    };
     for (name, request) in &defaults.requests {
         let Some(limit) = defaults.limits.get(name) else {
+            if file.default_request.is_none() {
+                return Err(format!(
+                    "resources.default replaces the built-in limits but has no {name}, which the \
+                     built-in resources.defaultRequest defaults: add resources.default.{name} or \
+                     set resources.defaultRequest too"
+                ));
+            }
             return Err(format!(
-                "resources.defaultRequest.{name} has no resources.default.{name}: a request is \
-                 defaulted only together with a limit"
+                "{}resources.defaultRequest.{name} has no resources.default.{name}: a request is \
+                 defaulted only together with a limit",
+                at(name)
             ));
         };
         if request.value > limit.value {
             return Err(format!(
-                "resources.defaultRequest.{name} ({}) is above resources.default.{name} ({}); \
+                "{}resources.defaultRequest.{name} ({}) is above resources.default.{name} ({}); \
                  a request may not exceed its limit",
-                request.text, limit.text
+                at(name),
+                request.text,
+                limit.text
             ));
         }
     }
@@ -485,9 +502,12 @@ mod tests {
     fn requests_need_a_limit_at_least_as_large() {
         let err = parse("resources:\n  defaultRequest:\n    cpu: 1\n").unwrap_err();
         assert!(err.contains("above resources.default.cpu (500m)"), "{err}");
+        assert!(err.starts_with("line 3: "), "{err}");
         let err = parse("resources:\n  default:\n    cpu: 1\n  defaultRequest:\n    memory: 1Mi\n")
             .unwrap_err();
         assert!(err.contains("has no resources.default.memory"), "{err}");
+        let err = parse("resources:\n  default:\n    cpu: 1\n").unwrap_err();
+        assert!(err.contains("but has no memory"), "{err}");
     }
 
     #[test]

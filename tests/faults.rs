@@ -1719,8 +1719,6 @@ async fn a_body_slower_than_the_body_timeout_gets_408_over_both_protocols() {
 /// the first request, request headers, and idle keep-alive"): HTTP/2 ones too, or a client that
 /// opens connections and says nothing more holds the connection slots for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: idle HTTP/2 connections are never closed, so they can hold every \
-            --max-connections slot (src/server/mod.rs connection_builder)"]
 async fn idle_http2_connections_are_closed_after_the_header_timeout() {
     let server = Server::start_with(StartOptions {
         args: ["--header-read-timeout", "1s", "--max-connections", "4"]

@@ -928,7 +928,6 @@ fn config_check_accepts_good_files_and_names_line_and_field_in_bad_ones() {
 /// README: "an invalid file is reported with its line and field". The relations between
 /// `resources.default` and `resources.defaultRequest` are reported with the field only.
 #[test]
-#[ignore = "product bug: defaultRequest-vs-default errors name no line (src/config.rs resource_defaults)"]
 fn cross_field_policy_errors_name_their_line() {
     let mut problems = serve_refusals(CROSS_FIELD_POLICIES);
     problems.extend(check_refusals(CROSS_FIELD_POLICIES));
@@ -944,8 +943,6 @@ fn cross_field_policy_errors_name_their_line() {
 /// `warn`, and expects `warn` in force four intervals later. With the race, about half the
 /// rounds stay at `enforce` for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: a policy (or certificate) change during startup is never loaded \
-            (src/server/reload.rs Watch::new snapshots after the initial load)"]
 async fn a_policy_change_during_startup_is_not_lost() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -285,7 +285,7 @@ proptest! {
         let policy = Policy::default();
         let verdict = policy::review(&object, None, &policy);
         let text = serde_json::to_string(&object).unwrap();
-        prop_assert_eq!(&verdict, &policy::review_json(&text, None, &policy));
+        prop_assert_eq!(&verdict, &policy::review_json(&text, None, &policy).unwrap());
 
         // Validation agrees with the model of selector matching.
         let selector = object.pointer("/spec/selector");

@@ -290,13 +290,30 @@ pub fn review(object: &Value, namespace: Option<&str>, policy: &Policy) -> Verdi
 /// Judges one DaemonSet given as JSON text, as an AdmissionReview carries it. No tree of the
 /// whole object is built: the typed view skips fields it does not know without allocating, so
 /// a huge unknown field costs time, not memory.
-pub fn review_json(object: &str, namespace: Option<&str>, policy: &Policy) -> Verdict {
-    judge(
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(object)),
+///
+/// Text that is not JSON at all (a bad escape, say, which skipping scanners let through) is an
+/// error rather than a verdict: it is the request that is malformed, not the DaemonSet.
+pub fn review_json(
+    object: &str,
+    namespace: Option<&str>,
+    policy: &Policy,
+) -> Result<Verdict, serde_json::Error> {
+    let decoded = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(object));
+    if let Err(error) = &decoded {
+        let inner = error.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return Err(serde_json::Error::io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {inner}", error.path()),
+            )));
+        }
+    }
+    Ok(judge(
+        decoded,
         serde_json::from_str(object).unwrap_or_default(),
         namespace,
         policy,
-    )
+    ))
 }
 
 /// What the typed view cannot tell: k8s-openapi makes an absent `spec.selector` an empty one,
@@ -811,7 +828,7 @@ mod tests {
             let text = serde_json::to_string(&object).unwrap();
             assert_eq!(
                 review(&object, None, &Policy::default()),
-                review_json(&text, None, &Policy::default()),
+                review_json(&text, None, &Policy::default()).unwrap(),
                 "{text}"
             );
         }
@@ -975,6 +992,17 @@ mod tests {
             "node-role.kubernetes.io/control-plane"
         );
         assert!(review(&patched, None, &policy).operations.is_empty());
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_an_error_not_a_verdict() {
+        let text = r#"{"spec":{"template":{"metadata":{"labels":{"a\uDBBBb":"c"}}}}}"#;
+        let error = review_json(text, None, &Policy::default()).unwrap_err();
+        assert!(
+            error.to_string().contains("spec.template.metadata.labels"),
+            "{error}"
+        );
+        assert!(review_json("{", None, &Policy::default()).is_err());
     }
 
     #[test]

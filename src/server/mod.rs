@@ -9,7 +9,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,11 @@ use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -378,12 +379,12 @@ impl IntoResponse for EnvelopeError {
 }
 
 /// Everything `serve` needs besides its bound listener.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     pub tls: tls::TlsFiles,
-    /// The policy file to reload from, if any.
-    pub config: Option<PathBuf>,
+    /// The policy file to reload from, if any, watched from before it was first loaded.
+    pub config: Option<(PathBuf, reload::Watch)>,
     pub reload_interval: Duration,
     pub limits: Limits,
     pub log_objects: bool,
@@ -417,6 +418,7 @@ pub async fn run(
     let mut state = AppState::new(policy);
     state.log_objects = options.log_objects;
     state.body_read_timeout = options.limits.body_read_timeout;
+    let certificate_watch = reload::Watch::new(options.tls.paths());
     let loaded = tls::load(&options.tls, options.limits.http2).map_err(|e| e.to_string())?;
     if let Some(expiry) = loaded.not_after {
         state.metrics.certificate_expiry(expiry);
@@ -430,7 +432,7 @@ pub async fn run(
         let tls_state = tls_state.clone();
         let metrics = state.metrics.clone();
         background.spawn(reload::run(
-            files.paths(),
+            certificate_watch,
             options.reload_interval,
             move || match tls::load(&files, http2) {
                 Ok(loaded) => {
@@ -448,10 +450,10 @@ pub async fn run(
             },
         ));
     }
-    if let Some(path) = options.config.clone() {
+    if let Some((path, watch)) = options.config {
         let state = state.clone();
         background.spawn(reload::run(
-            vec![path.clone()],
+            watch,
             options.reload_interval,
             move || match crate::config::load(&path) {
                 Ok(policy) => {
@@ -520,9 +522,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(connection_builder(limits));
-    let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let handshake_timeout = limits.header_read_timeout;
+    let timeout = limits.header_read_timeout;
 
     ready.store(true, Ordering::Release);
     tokio::pin!(shutdown);
@@ -551,11 +554,10 @@ pub async fn serve(
         let acceptor = tls.acceptor();
         let router = router.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        tasks.spawn(async move {
             let _permit = permit;
-            let mut tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
-            {
+            let mut tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -566,18 +568,14 @@ pub async fn serve(
                     return;
                 }
             };
-            // hyper times out a request's headers, and idleness between requests, but not a
-            // connection that never sends a first byte: wait for that here.
-            let Some(first) = first_bytes(&mut tls, handshake_timeout).await else {
+            // hyper times out a request's headers, and idleness between HTTP/1.1 requests, but
+            // not a connection that never sends a first byte: wait for that here.
+            let Some(first) = first_bytes(&mut tls, timeout).await else {
                 tracing::debug!(%peer, "no request within the header timeout");
                 return;
             };
-            let service = TowerToHyperService::new(
-                router.map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
-            );
             let io = TokioIo::new(Prefixed::new(first, tls));
-            let connection = builder.serve_connection(io, service);
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
+            if let Err(error) = serve_connection(io, &builder, router, stop, timeout).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
@@ -586,17 +584,113 @@ pub async fn serve(
     ready.store(false, Ordering::Release);
     drop(listener);
     tracing::info!(
-        connections = graceful.count(),
+        connections = tasks.len(),
         "shutting down: no new connections; waiting for in-flight reviews"
     );
+    stop.cancel();
+    tasks.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tasks.wait() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(limits.shutdown_timeout) => {
             tracing::warn!(
                 "shutdown timeout of {}s elapsed; closing remaining connections",
                 limits.shutdown_timeout.as_secs()
             );
         }
+    }
+}
+
+/// Serves one connection until it ends, asking it to finish (HTTP/1.1: close once the current
+/// response is out; HTTP/2: GOAWAY, then close once its streams are done) when the server
+/// stops, or when no request has been in flight for `idle_timeout`. hyper closes idle HTTP/1.1
+/// connections itself, but an HTTP/2 connection answers pings and would otherwise hold its
+/// connection slot forever.
+async fn serve_connection<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    router: Router,
+    stop: CancellationToken,
+    idle_timeout: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let busy = activity.begin();
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request.map(Body::new)).await;
+                drop(busy);
+                response
+            }
+        })
+    };
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut ticker = tokio::time::interval(
+        (idle_timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(1)),
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut finishing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = stop.cancelled(), if !finishing => {
+                connection.as_mut().graceful_shutdown();
+                finishing = true;
+            }
+            _ = ticker.tick(), if !finishing => {
+                if activity.idle_for() >= idle_timeout {
+                    connection.as_mut().graceful_shutdown();
+                    finishing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on a connection, and when the last one ended.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `start` to the end of the last request (or the connection's start).
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Acquire));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Marks a request in flight until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.last.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -61,10 +61,12 @@ impl Watch {
     }
 }
 
-/// Polls `paths` every `interval` and calls `reload` for each settled change, until the task is
+/// Polls `watch` every `interval` and calls `reload` for each settled change, until the task is
 /// dropped. `reload` keeps whatever it decides; it must not panic.
-pub async fn run(paths: Vec<PathBuf>, interval: Duration, mut reload: impl FnMut() + Send) {
-    let mut watch = Watch::new(paths);
+///
+/// Make the [`Watch`] before loading the files the first time: a change between the snapshot
+/// and the load is then seen as a change (and loaded again, harmlessly), never lost.
+pub async fn run(mut watch: Watch, interval: Duration, mut reload: impl FnMut() + Send) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
