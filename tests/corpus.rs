@@ -3,6 +3,8 @@
 //! its patch applies, the result is still a DaemonSet, nothing outside tolerations and
 //! resources changed, and a second review asks for nothing more.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -71,27 +73,6 @@ fn patch_of(response: &Value) -> Option<Vec<json_patch::PatchOperation>> {
     Some(serde_json::from_slice(&bytes).unwrap())
 }
 
-/// The object without what the webhook owns: pod tolerations and container resources.
-fn without_owned_fields(mut object: Value) -> Value {
-    if let Some(pod) = object
-        .pointer_mut("/spec/template/spec")
-        .and_then(Value::as_object_mut)
-    {
-        pod.remove("tolerations");
-        for list in ["containers", "initContainers"] {
-            for container in pod
-                .get_mut(list)
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                container.as_object_mut().unwrap().remove("resources");
-            }
-        }
-    }
-    object
-}
-
 #[test]
 fn every_apps_v1_manifest_is_allowed_and_completed_idempotently() {
     let mut judged = 0;
@@ -156,8 +137,8 @@ fn every_apps_v1_manifest_is_allowed_and_completed_idempotently() {
             }
         }
         assert_eq!(
-            without_owned_fields(patched.clone()),
-            without_owned_fields(object.clone()),
+            common::without_owned_fields(&patched),
+            common::without_owned_fields(&object),
             "{name}: the patch changed something it does not own"
         );
 

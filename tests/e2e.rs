@@ -405,8 +405,8 @@ fn check_patched(file: &str, original: &Value, patch: &json_patch::Patch) -> Val
 
     // Nothing outside tolerations and container resources changed.
     assert_eq!(
-        strip_owned_fields(original),
-        strip_owned_fields(&patched),
+        common::without_owned_fields(original),
+        common::without_owned_fields(&patched),
         "{file}: the patch changed something it does not own"
     );
     patched
@@ -470,24 +470,6 @@ fn check_container_resources(what: &str, before: &Value, after: &Value) {
             );
         }
     }
-}
-
-/// The object without the parts the webhook may patch.
-fn strip_owned_fields(object: &Value) -> Value {
-    let mut object = object.clone();
-    let pod = object
-        .pointer_mut("/spec/template/spec")
-        .and_then(Value::as_object_mut)
-        .expect("a pod template spec");
-    pod.remove("tolerations");
-    for list in ["containers", "initContainers"] {
-        if let Some(containers) = pod.get_mut(list).and_then(Value::as_array_mut) {
-            for c in containers {
-                c.as_object_mut().unwrap().remove("resources");
-            }
-        }
-    }
-    object
 }
 
 // -------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 //! - validation agrees with an independent, straightforward model of LabelSelector matching;
 //! - the server path (JSON text) and the manifest path (parsed value) agree.
 
+mod common;
+
 use daemonset_webhook::policy::{self, Policy};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -255,28 +257,6 @@ fn model_matches(selector: Option<&Value>, labels: &Map<String, Value>) -> Optio
     Some(matches)
 }
 
-fn without_owned_fields(mut object: Value) -> Value {
-    if let Some(pod) = object
-        .pointer_mut("/spec/template/spec")
-        .and_then(Value::as_object_mut)
-    {
-        pod.remove("tolerations");
-        for list in ["containers", "initContainers"] {
-            for c in pod
-                .get_mut(list)
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(c) = c.as_object_mut() {
-                    c.remove("resources");
-                }
-            }
-        }
-    }
-    object
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -311,7 +291,7 @@ proptest! {
         let mut patched = object.clone();
         json_patch::patch(&mut patched, verdict.patch())
             .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
-        prop_assert_eq!(without_owned_fields(patched.clone()), without_owned_fields(object.clone()));
+        prop_assert_eq!(common::without_owned_fields(&patched), common::without_owned_fields(&object));
         let again = policy::review(&patched, None, &policy);
         prop_assert!(again.allowed());
         prop_assert!(again.operations.is_empty(), "second review of {} asked for {:?}", patched, again.operations);

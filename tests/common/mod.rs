@@ -996,3 +996,28 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The object without what the webhook owns (pod tolerations, container resources), so that
+/// what is left can be compared before and after a patch.
+pub fn without_owned_fields(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(pod) = object
+        .pointer_mut("/spec/template/spec")
+        .and_then(Value::as_object_mut)
+    {
+        pod.remove("tolerations");
+        for list in ["containers", "initContainers"] {
+            for container in pod
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(container) = container.as_object_mut() {
+                    container.remove("resources");
+                }
+            }
+        }
+    }
+    object
+}
