@@ -208,10 +208,15 @@ pub struct ServeArgs {
     #[arg(long, env = "DAEMONSET_WEBHOOK_DISABLE_HTTP2")]
     pub disable_http2: bool,
 
-    /// TLS handshake and request headers must arrive within this; idle keep-alive connections
-    /// are closed after it.
+    /// The TLS handshake, a connection's first request, and every request's headers must
+    /// arrive within this.
     #[arg(long, env = "DAEMONSET_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub header_read_timeout: Duration,
+
+    /// A keep-alive connection with no request for this long is closed. Keep it above the 90 s
+    /// kube-apiserver keeps idle connections, so the client closes them first.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
 
     /// A request body must arrive within this (answer: 408).
     #[arg(long, env = "DAEMONSET_WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
@@ -514,6 +519,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             http2_max_streams: args.http2_max_streams,
             http2: !args.disable_http2,
             header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
             body_read_timeout: args.body_read_timeout,
             shutdown_timeout: args.shutdown_timeout,
         },

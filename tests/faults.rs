@@ -1715,13 +1715,12 @@ async fn a_body_slower_than_the_body_timeout_gets_408_over_both_protocols() {
         .unwrap();
 }
 
-/// `--header-read-timeout` closes idle keep-alive connections (README: "for the TLS handshake,
-/// the first request, request headers, and idle keep-alive"): HTTP/2 ones too, or a client that
-/// opens connections and says nothing more holds the connection slots for ever.
+/// `--idle-timeout` closes idle connections, HTTP/2 ones too (they answer pings), or a client
+/// that opens connections and says nothing more holds the connection slots for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_http2_connections_are_closed_after_the_header_timeout() {
+async fn idle_http2_connections_are_closed_after_the_idle_timeout() {
     let server = Server::start_with(StartOptions {
-        args: ["--header-read-timeout", "1s", "--max-connections", "4"]
+        args: ["--idle-timeout", "1s", "--max-connections", "4"]
             .map(String::from)
             .to_vec(),
         ..StartOptions::default()
@@ -1784,7 +1783,7 @@ async fn idle_http2_connections_are_closed_after_the_header_timeout() {
     drop(connections);
     assert!(
         problems.is_empty(),
-        "with --header-read-timeout 1s, idle HTTP/2 connections:\n  {}",
+        "with --idle-timeout 1s, idle HTTP/2 connections:\n  {}",
         problems.join("\n  ")
     );
 }
@@ -1980,4 +1979,59 @@ async fn disable_http2_offers_only_http1() {
     // HTTP/2 with prior knowledge (no ALPN) is not spoken either.
     let out = server.curl("/healthz").arg("--http2-prior-knowledge").run();
     assert_ne!(out.version, "2", "{out:?}");
+}
+
+/// An idle HTTP/1.1 keep-alive connection outlives the header timeout (kube-apiserver keeps idle
+/// connections for 90 s and must not find them closed under it) and ends at the idle timeout;
+/// a request whose head stalls still ends at the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_idles_until_the_idle_timeout_not_the_header_timeout() {
+    let server = Server::start_with(StartOptions {
+        args: ["--header-read-timeout", "1s", "--idle-timeout", "4s"]
+            .map(String::from)
+            .to_vec(),
+        ..StartOptions::default()
+    });
+    let client = server.client(Alpn::Http1);
+    let mut connection = client.connect().await.unwrap();
+    post_review(&mut connection, "first").await.unwrap();
+    // Idle for twice the header timeout: still good for another review.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    post_review(&mut connection, "after-2.5s-idle")
+        .await
+        .expect("an idle keep-alive connection was closed at the header timeout");
+
+    // Past the idle timeout, the server has closed it.
+    let mut idle = client.connect_tls().await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = idle.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    let idle_from = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed_at(idle))
+        .await
+        .expect("an idle keep-alive connection still open 10 s later");
+    let after = closed - idle_from;
+    assert!(
+        (Duration::from_millis(3500)..Duration::from_secs(7)).contains(&after),
+        "closed {after:?} after going idle; the idle timeout is 4 s"
+    );
+
+    // A head that stalls half-way is cut at the header timeout.
+    let mut stalled = client.connect_tls().await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    let stalled_from = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed_at(stalled))
+        .await
+        .expect("a stalled request head still open 10 s later");
+    assert!(
+        closed - stalled_from < Duration::from_secs(3),
+        "a stalled head was closed {:?} later; the header timeout is 1 s",
+        closed - stalled_from
+    );
 }

@@ -46,9 +46,13 @@ pub struct Limits {
     pub http2_max_streams: u32,
     /// Whether HTTP/2 is offered at all (ALPN `h2`).
     pub http2: bool,
-    /// TLS handshake, and request headers, must arrive within this; an idle keep-alive
-    /// connection is closed after it too.
+    /// The TLS handshake, the first request's first byte, and each request's headers must
+    /// arrive within this.
     pub header_read_timeout: Duration,
+    /// A connection with no request for this long is closed (HTTP/1.1 keep-alive and HTTP/2
+    /// alike). Longer than the 90 s kube-apiserver's client keeps idle connections, so that the
+    /// client closes first and never sends a review down a connection the server is closing.
+    pub idle_timeout: Duration,
     /// A request body must arrive within this.
     pub body_read_timeout: Duration,
     /// After SIGTERM, in-flight requests get this long before their connections are closed.
@@ -62,6 +66,7 @@ impl Default for Limits {
             http2_max_streams: 250,
             http2: true,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
             body_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(15),
         }
@@ -490,10 +495,12 @@ pub async fn run(
 
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's header timer would also close idle keep-alive connections after the header
+    // timeout; [`serve_connection`] times headers and idleness apart instead.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()
@@ -526,6 +533,7 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let timeout = limits.header_read_timeout;
+    let idle_timeout = limits.idle_timeout;
 
     ready.store(true, Ordering::Release);
     tokio::pin!(shutdown);
@@ -574,8 +582,16 @@ pub async fn serve(
                 tracing::debug!(%peer, "no request within the header timeout");
                 return;
             };
-            let io = TokioIo::new(Prefixed::new(first, tls));
-            if let Err(error) = serve_connection(io, &builder, router, stop, timeout).await {
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let activity = Arc::new(Activity::new(!http2));
+            let io = TokioIo::new(Tracked {
+                inner: Prefixed::new(first, tls),
+                activity: activity.clone(),
+            });
+            let timeouts = (timeout, idle_timeout);
+            if let Err(error) =
+                serve_connection(io, &builder, router, stop, activity, timeouts).await
+            {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
@@ -602,20 +618,21 @@ pub async fn serve(
 
 /// Serves one connection until it ends, asking it to finish (HTTP/1.1: close once the current
 /// response is out; HTTP/2: GOAWAY, then close once its streams are done) when the server
-/// stops, or when no request has been in flight for `idle_timeout`. hyper closes idle HTTP/1.1
-/// connections itself, but an HTTP/2 connection answers pings and would otherwise hold its
-/// connection slot forever.
+/// stops, when a request's headers take longer than the header timeout to arrive (HTTP/1.1:
+/// bytes came in but no request was dispatched), or when no request has been in flight for the
+/// idle timeout. hyper's own header timer cannot tell a slow request from an idle keep-alive
+/// connection, and an HTTP/2 connection answers pings, so both are timed here.
 async fn serve_connection<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
     router: Router,
     stop: CancellationToken,
-    idle_timeout: Duration,
+    activity: Arc<Activity>,
+    (header_timeout, idle_timeout): (Duration, Duration),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -630,9 +647,9 @@ where
     };
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let mut ticker = tokio::time::interval(
-        (idle_timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(1)),
-    );
+    let tick = (header_timeout.min(idle_timeout) / 4)
+        .clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut finishing = false;
     loop {
@@ -642,31 +659,47 @@ where
                 connection.as_mut().graceful_shutdown();
                 finishing = true;
             }
-            _ = ticker.tick(), if !finishing => {
-                if activity.idle_for() >= idle_timeout {
+            _ = ticker.tick(), if !finishing => match activity.expired(header_timeout, idle_timeout) {
+                // A request that never finished arriving has nothing to answer: drop it.
+                Some(Expiry::SlowHead) => return Ok(()),
+                Some(Expiry::Idle) => {
                     connection.as_mut().graceful_shutdown();
                     finishing = true;
                 }
+                None => {}
             }
         }
     }
 }
 
-/// Requests in flight on a connection, and when the last one ended.
+/// What a connection is doing: requests in flight, when the last one ended, and (HTTP/1.1)
+/// whether the next one has started to arrive.
 struct Activity {
     start: Instant,
+    /// HTTP/1.1: incoming bytes between requests are a request's head.
+    heads_timed: bool,
     in_flight: AtomicUsize,
     /// Milliseconds from `start` to the end of the last request (or the connection's start).
-    last: AtomicU64,
+    last_end: AtomicU64,
+    /// Milliseconds from `start` to the first byte read since the last request ended, plus
+    /// one; zero when none has been read.
+    head_from: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(heads_timed: bool) -> Self {
         Self {
             start: Instant::now(),
+            heads_timed,
             in_flight: AtomicUsize::new(0),
-            last: AtomicU64::new(0),
+            last_end: AtomicU64::new(0),
+            // The first request has begun: its first bytes were read before serving began.
+            head_from: AtomicU64::new(1),
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
@@ -674,13 +707,39 @@ impl Activity {
         Busy(self.clone())
     }
 
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Duration::ZERO;
+    fn read(&self) {
+        if self.heads_timed && self.head_from.load(Ordering::Acquire) == 0 {
+            let _ = self.head_from.compare_exchange(
+                0,
+                self.now() + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
-        let last = Duration::from_millis(self.last.load(Ordering::Acquire));
-        self.start.elapsed().saturating_sub(last)
     }
+
+    fn expired(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Expiry> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let now = Duration::from_millis(self.now());
+        let head_from = self.head_from.load(Ordering::Acquire);
+        if self.heads_timed && head_from > 0 {
+            let waiting = now.saturating_sub(Duration::from_millis(head_from - 1));
+            return (waiting >= header_timeout).then_some(Expiry::SlowHead);
+        }
+        let last_end = Duration::from_millis(self.last_end.load(Ordering::Acquire));
+        (now.saturating_sub(last_end) >= idle_timeout).then_some(Expiry::Idle)
+    }
+}
+
+/// Why a connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request's head did not arrive within the header timeout.
+    SlowHead,
+    /// No request for the idle timeout.
+    Idle,
 }
 
 /// Marks a request in flight until dropped.
@@ -688,9 +747,66 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let now = self.0.start.elapsed().as_millis() as u64;
-        self.0.last.store(now, Ordering::Release);
+        self.0.last_end.store(self.0.now(), Ordering::Release);
+        self.0.head_from.store(0, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A stream that tells its connection's [`Activity`] when bytes arrive.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
