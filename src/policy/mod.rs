@@ -185,23 +185,7 @@ impl Verdict {
                     .map(|c| format!("not applied (policy mode warn): {}", c.message)),
             );
         }
-        let mut warnings = Vec::new();
-        let mut total = 0;
-        let count = lines.len();
-        for (i, line) in lines.into_iter().enumerate() {
-            let line = truncate(&line, MAX_WARNING_LENGTH);
-            let remaining = count - i;
-            // Keep room for the summary line should a later line not fit.
-            if total + line.len() + 64 > MAX_WARNINGS_TOTAL && remaining > 1 {
-                warnings.push(format!(
-                    "... and {remaining} more changes; the patch has them all"
-                ));
-                break;
-            }
-            total += line.len();
-            warnings.push(line);
-        }
-        warnings
+        fit_warnings(lines)
     }
 
     /// Metrics' and logs' name for each violation's rule, from its field path (the rules own
@@ -265,6 +249,50 @@ impl Verdict {
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+/// Room kept for the summary line, longer than any it can be.
+const SUMMARY_RESERVE: usize = 96;
+
+/// Bounds `lines` as the API server bounds `response.warnings`: each line on one line and within
+/// 256 bytes, all within 4096. Lines that do not fit are counted in a last line, never dropped
+/// silently.
+fn fit_warnings(lines: Vec<String>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut total = 0;
+    let count = lines.len();
+    for (i, line) in lines.into_iter().enumerate() {
+        let line = truncate(&one_line(&line), MAX_WARNING_LENGTH);
+        let remaining = count - i;
+        // The last line needs no room after it; any other keeps room for the summary.
+        let reserve = if remaining > 1 { SUMMARY_RESERVE } else { 0 };
+        if total + line.len() + reserve > MAX_WARNINGS_TOTAL {
+            warnings.push(format!(
+                "... and {remaining} more warnings; the patch and audit annotations have every change"
+            ));
+            break;
+        }
+        total += line.len();
+        warnings.push(line);
+    }
+    warnings
+}
+
+/// Escapes control characters (a map key may hold a newline), since a warning becomes an HTTP
+/// `Warning` header and one line of `kubectl` output.
+fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
@@ -767,7 +795,9 @@ mod tests {
         );
         let last = warnings.last().unwrap();
         assert!(
-            last.starts_with("... and ") && last.ends_with("more changes; the patch has them all"),
+            last.starts_with("... and ")
+                && last
+                    .ends_with("more warnings; the patch and audit annotations have every change"),
             "{last}"
         );
         let shown = warnings.len() - 1;
@@ -1003,6 +1033,33 @@ mod tests {
             "{error}"
         );
         assert!(review_json("{", None, &Policy::default()).is_err());
+    }
+
+    #[test]
+    fn the_last_warning_too_stays_within_the_total() {
+        // Sixteen lines of 250 bytes leave 96 bytes: too few for a last line of 200.
+        let mut lines = vec!["w".repeat(250); 16];
+        lines.push("x".repeat(200));
+        let warnings = fit_warnings(lines);
+        let total: usize = warnings.iter().map(String::len).sum();
+        assert!(total <= MAX_WARNINGS_TOTAL, "{total}");
+        assert_eq!(warnings.len(), 17);
+        assert!(
+            warnings[16].starts_with("... and 1 more warnings"),
+            "{}",
+            warnings[16]
+        );
+        // A last line that fits is shown, using the room no summary needs.
+        let mut lines = vec!["w".repeat(250); 16];
+        lines.push("x".repeat(90));
+        let warnings = fit_warnings(lines);
+        assert_eq!(warnings.last().unwrap(), &"x".repeat(90));
+    }
+
+    #[test]
+    fn warnings_are_single_lines() {
+        let warnings = fit_warnings(vec!["key \"a\nb\r\u{7}\" ignored".to_owned()]);
+        assert_eq!(warnings, ["key \"a\\nb\\r\\u{7}\" ignored"]);
     }
 
     #[test]
