@@ -990,6 +990,17 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca_and_follows
     let out = server.curl("/healthz").run();
     assert!(!out.success(), "curl without a client certificate: {out:?}");
     assert_eq!(out.status, 0);
+    // The kubelet has no client certificate: its probes go to the plain listener, which
+    // answers them (and /metrics) but no review.
+    for probe in ["/healthz", "/readyz"] {
+        let (status, _, text) = common::plain_get(metrics_addr, probe).await;
+        assert!(
+            status == 200 && text == "ok",
+            "plain {probe}: {status} {text}"
+        );
+    }
+    let (status, _, _) = common::plain_get(metrics_addr, "/mutate").await;
+    assert_eq!(status, 404, "plain GET /mutate");
 
     // A connection of the first CA's client, made before the rotation.
     let first_client = client_of(Some(&first), tls13);
@@ -1285,10 +1296,20 @@ async fn sigterm_under_load_finishes_what_it_accepted_and_exits_zero() {
         slow_body_h2.len() / 2,
     );
 
+    // Accepted before SIGTERM, its request sent only after: still answered.
+    let mut quiet_h1 = client.connect_tls().await.unwrap();
+
     tokio::time::sleep(Duration::from_millis(700)).await;
     let sigterm = Instant::now();
     let sigterm_wall = SystemTime::now();
     server.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let quiet_body = review("quiet-h1");
+    quiet_h1
+        .write_all(post_head(&client, quiet_body.len()).as_bytes())
+        .await
+        .unwrap();
+    quiet_h1.write_all(&quiet_body).await.unwrap();
 
     // Idle connections are closed at once, while the in-flight reviews hold the process up.
     let idle_h1_closed = tokio::time::timeout(Duration::from_secs(3), idle_h1_closed)
@@ -1328,6 +1349,18 @@ async fn sigterm_under_load_finishes_what_it_accepted_and_exits_zero() {
             .to_ascii_lowercase()
             .contains("connection: close"),
         "an answer during shutdown should close the connection: {}",
+        reply.head
+    );
+    let reply = read_response(&mut quiet_h1)
+        .await
+        .expect("the answer to a review sent after SIGTERM on a connection accepted before");
+    check_review(reply.status, &reply.body, "quiet-h1").unwrap();
+    assert!(
+        reply
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
         reply.head
     );
     rest_h2

@@ -122,12 +122,17 @@ pub fn router(state: AppState) -> Router {
     guarded(routes, &state).with_state(state)
 }
 
-/// The plain-HTTP metrics listener's routes: `GET /metrics` only.
+/// The plain-HTTP metrics listener's routes: `GET /metrics`, and the probes, `GET /healthz` and
+/// `GET /readyz`, for a kubelet that cannot present the client certificate `--client-ca` asks
+/// of every HTTPS client. Nothing here reads a request body or reveals an object.
 pub fn metrics_router(state: AppState) -> Router {
     guarded(
         Router::new()
             .route("/metrics", get(metrics_text))
-            .fallback(not_found),
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed),
         &state,
     )
     .with_state(state)
@@ -635,11 +640,23 @@ where
 {
     let service = {
         let activity = activity.clone();
+        let stop = stop.clone();
         hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
             let busy = activity.begin();
             let router = router.clone();
+            let stop = stop.clone();
+            let http1 = request.version() < axum::http::Version::HTTP_2;
             async move {
-                let response = router.oneshot(request.map(Body::new)).await;
+                let mut response = router.oneshot(request.map(Body::new)).await;
+                // Shutting down: this answer is the connection's last (HTTP/2 has GOAWAY).
+                if http1
+                    && stop.is_cancelled()
+                    && let Ok(response) = &mut response
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 drop(busy);
                 response
             }
@@ -652,14 +669,28 @@ where
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut finishing = false;
+    // The server stopped before this connection's first request began. Bytes of it were read,
+    // but asking hyper-util's auto connection to finish while it is still telling HTTP/1.1 from
+    // HTTP/2 would drop the connection unanswered: wait for the request to begin.
+    let mut stopping: Option<Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => return result,
-            () = stop.cancelled(), if !finishing => {
-                connection.as_mut().graceful_shutdown();
-                finishing = true;
+            () = stop.cancelled(), if !finishing && stopping.is_none() => {
+                if activity.has_begun() {
+                    connection.as_mut().graceful_shutdown();
+                    finishing = true;
+                } else {
+                    stopping = Some(Instant::now());
+                }
             }
             _ = ticker.tick(), if !finishing => match activity.expired(header_timeout, idle_timeout) {
+                _ if stopping.is_some() && activity.has_begun() => {
+                    connection.as_mut().graceful_shutdown();
+                    finishing = true;
+                }
+                // No request within the header timeout of the stop: nothing to answer.
+                _ if stopping.is_some_and(|since| since.elapsed() >= header_timeout) => return Ok(()),
                 // A request that never finished arriving has nothing to answer: drop it.
                 Some(Expiry::SlowHead) => return Ok(()),
                 Some(Expiry::Idle) => {
@@ -679,6 +710,8 @@ struct Activity {
     /// HTTP/1.1: incoming bytes between requests are a request's head.
     heads_timed: bool,
     in_flight: AtomicUsize,
+    /// Whether a request has been dispatched on this connection.
+    begun: AtomicBool,
     /// Milliseconds from `start` to the end of the last request (or the connection's start).
     last_end: AtomicU64,
     /// Milliseconds from `start` to the first byte read since the last request ended, plus
@@ -692,6 +725,7 @@ impl Activity {
             start: Instant::now(),
             heads_timed,
             in_flight: AtomicUsize::new(0),
+            begun: AtomicBool::new(false),
             last_end: AtomicU64::new(0),
             // The first request has begun: its first bytes were read before serving began.
             head_from: AtomicU64::new(1),
@@ -704,7 +738,12 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.store(true, Ordering::Release);
         Busy(self.clone())
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
     }
 
     fn read(&self) {
@@ -900,7 +939,13 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
     }
 }
 
-/// Serves `router` over plain HTTP/1.1 (the optional metrics port).
+/// Connections the plain metrics listener serves at once: scrapers and probes, a handful.
+const MAX_PLAIN_CONNECTIONS: usize = 64;
+
+/// Serves `router` over plain HTTP/1.1 (the optional metrics port): at most
+/// [`MAX_PLAIN_CONNECTIONS`] at once (more wait in the backlog), each closed by hyper's header
+/// timer 10 s after its last request. Ends, with its connections, when the server's background
+/// tasks are aborted at shutdown.
 async fn serve_plain(listener: TcpListener, router: Router) {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
@@ -908,14 +953,22 @@ async fn serve_plain(listener: TcpListener, router: Router) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(MAX_PLAIN_CONNECTIONS));
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // Reap finished connections so the set stays small.
+        while tasks.try_join_next().is_some() {}
         let router = router.clone();
         let builder = builder.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
+            let _permit = permit;
             let service = TowerToHyperService::new(
                 router.map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
             );
