@@ -193,7 +193,7 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
 
     /// How often the certificate, key, client CA and policy file are checked for changes.
-    #[arg(long, env = "DAEMONSET_WEBHOOK_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "DAEMONSET_WEBHOOK_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub reload_interval: Duration,
 
     /// Connections served at once; beyond it new ones wait in the listen backlog.
@@ -205,21 +205,21 @@ pub struct ServeArgs {
     pub http2_max_streams: u32,
 
     /// Offer only HTTP/1.1 (kube-apiserver uses HTTP/1.1 with webhooks anyway).
-    #[arg(long, env = "DAEMONSET_WEBHOOK_DISABLE_HTTP2")]
+    #[arg(long, env = "DAEMONSET_WEBHOOK_DISABLE_HTTP2", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub disable_http2: bool,
 
     /// The TLS handshake, a connection's first request, and every request's headers must
     /// arrive within this.
-    #[arg(long, env = "DAEMONSET_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "DAEMONSET_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub header_read_timeout: Duration,
 
     /// A keep-alive connection with no request for this long is closed. Keep it above the 90 s
     /// kube-apiserver keeps idle connections, so the client closes them first.
-    #[arg(long, env = "DAEMONSET_WEBHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "DAEMONSET_WEBHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
     /// A request body must arrive within this (answer: 408).
-    #[arg(long, env = "DAEMONSET_WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "DAEMONSET_WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub body_read_timeout: Duration,
 
     /// After SIGTERM, in-flight reviews get this long before connections are closed; keep it
@@ -234,7 +234,7 @@ pub struct ServeArgs {
 
     /// Debugging: log every AdmissionReview whole (at debug level, so with RUST_LOG=debug).
     /// Objects can hold secrets in env values: never on by default.
-    #[arg(long, env = "DAEMONSET_WEBHOOK_LOG_OBJECTS")]
+    #[arg(long, env = "DAEMONSET_WEBHOOK_LOG_OBJECTS", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub log_objects: bool,
 
     /// Whether --tls-cert and --tls-key both kept their defaults (not given on the command line or
@@ -250,21 +250,37 @@ pub enum LogFormat {
     Text,
 }
 
-/// `500ms`, `2s`, `1m`, or a number of seconds.
+/// The longest duration a flag takes: beyond it a value is surely a slip of the unit.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `500ms`, `2s`, `1m`, or a number of seconds; zero allowed, at most a day.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    let invalid = || format!("{text:?} is not a duration like 500ms, 2s or 1m");
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("{text:?} is not a duration like 500ms, 2s or 1m")),
+    let value: u64 = number.parse().map_err(|_| invalid())?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(value),
+        "s" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        _ => return Err(invalid()),
+    };
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than the most allowed, 24h (1440m)"
+        ));
+    }
+    Ok(duration)
+}
+
+/// A duration above zero: for intervals and timeouts, where zero would spin or refuse all.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{:?} must be above zero", text.trim())),
+        duration => Ok(duration),
     }
 }
 
@@ -609,6 +625,64 @@ mod tests {
         ] {
             assert!(help.contains(var), "{var} missing from --help");
         }
+    }
+
+    #[test]
+    fn durations_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1s", "1h", "1.5s", "2 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let err = parse_duration("99999999999999999999m").unwrap_err();
+        assert!(err.contains("not a duration"), "{err}");
+        let err = parse_duration("18446744073709551615m").unwrap_err();
+        assert!(err.contains("24h"), "{err}");
+        assert_eq!(parse_duration("1440m"), Ok(MAX_DURATION));
+    }
+
+    #[test]
+    fn zero_intervals_and_timeouts_are_refused_at_parse_time() {
+        for flag in [
+            "--reload-interval",
+            "--header-read-timeout",
+            "--idle-timeout",
+            "--body-read-timeout",
+        ] {
+            let err = Cli::command()
+                .try_get_matches_from(["daemonset-webhook", flag, "0s"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("must be above zero"), "{flag}: {err}");
+        }
+        // Zero is a meaningful shutdown timeout: do not wait.
+        let (cli, _) = parse(&["daemonset-webhook", "--shutdown-timeout", "0"]);
+        assert_eq!(cli.serve.shutdown_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn boolean_flags_read_their_environment_twins_leniently() {
+        // The flag's own parser, read from a variable no other test touches.
+        let var = "DAEMONSET_WEBHOOK_TEST_ONLY_DISABLE_HTTP2";
+        let matches = |value: &str| {
+            // SAFETY: no other code reads or writes this variable.
+            unsafe { std::env::set_var(var, value) };
+            // clap reads the variable when the argument is built.
+            let command = Cli::command().mut_arg("disable_http2", |arg| arg.env(var));
+            let result = command.try_get_matches_from(["daemonset-webhook"]);
+            unsafe { std::env::remove_var(var) };
+            result.map(|m| Cli::from_arg_matches(&m).unwrap().serve.disable_http2)
+        };
+        for yes in ["true", "1", "yes", "on"] {
+            assert!(matches(yes).unwrap(), "{yes}");
+        }
+        for no in ["false", "0", "no", "off"] {
+            assert!(!matches(no).unwrap(), "{no}");
+        }
+        assert!(matches("maybe").is_err());
     }
 
     #[test]

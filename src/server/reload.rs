@@ -67,7 +67,8 @@ impl Watch {
 /// Make the [`Watch`] before loading the files the first time: a change between the snapshot
 /// and the load is then seen as a change (and loaded again, harmlessly), never lost.
 pub async fn run(mut watch: Watch, interval: Duration, mut reload: impl FnMut() + Send) {
-    let mut ticker = tokio::time::interval(interval);
+    // tokio panics on a zero period; the command line refuses zero, a library caller may not.
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
