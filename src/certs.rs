@@ -214,7 +214,14 @@ impl GeneratedCertificates {
 
 /// Writes through a temporary file and a rename, so a reader never sees half a file.
 fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A file left by an interrupted run would keep its mode: start afresh.
+    match fs::remove_file(&tmp) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     {
         let mut options = fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -226,6 +233,12 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
         #[cfg(not(unix))]
         let _ = mode;
         let mut file = options.open(&tmp)?;
+        // The umask can only narrow `mode`; a key must never be wider than asked either.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
     }
@@ -314,6 +327,14 @@ mod tests {
     #[test]
     fn written_key_is_private() {
         let dir = tempfile::tempdir().unwrap();
+        // A world-readable leftover of an interrupted run must not lend the key its mode.
+        let leftover = dir.path().join(format!("{KEY_FILE}.tmp"));
+        fs::write(&leftover, "old").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&leftover, fs::Permissions::from_mode(0o644)).unwrap();
+        }
         generate(&dev_subject_alt_names(), 1)
             .unwrap()
             .write_to(dir.path())
@@ -330,5 +351,6 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "key is readable by others: {mode:o}");
         }
+        assert!(!leftover.exists());
     }
 }
