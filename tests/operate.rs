@@ -298,12 +298,14 @@ async fn metrics_count_reviews_denials_exemptions_and_errors_on_both_ports() {
         (now + 20.0 * 3600.0..now + 24.0 * 3600.0).contains(&expiry),
         "expiry {expiry}, now {now}"
     );
-    // Only /metrics on the plain port.
+    // On the plain port: /metrics and the probes, never a review.
     let addr = server.metrics_addr().unwrap();
-    let (status, _, _) = common::plain_get(addr, "/mutate").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = common::plain_get(addr, "/healthz").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    for path in ["/mutate", "/validate", "/"] {
+        let (status, _, _) = common::plain_get(addr, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (status, _, text) = common::plain_get(addr, "/healthz").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
 
     // N reviews of the plain fixture: one container, neither limits nor requests, no
     // tolerations.

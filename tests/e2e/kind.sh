@@ -293,9 +293,17 @@ kubectl -n "$TEST_NS" get daemonset plain -o json | assert_patched "stored Daemo
 generation=$(kubectl -n "$TEST_NS" get daemonset plain -o jsonpath='{.metadata.generation}')
 
 log "applying it again changes nothing"
+# Client-side apply finds nothing to send (the patched fields are not in last-applied)...
 out=$(daemonset plain "$TEST_NS" plain plain Always | kubectl apply -f - 2>&1) || fail "re-apply plain: $out"
 grep -q 'unchanged' <<<"$out" || fail "re-apply was not 'unchanged': $out"
 pass "kubectl apply: $out"
+# ...server-side apply sends the manifest, which the webhook reviews: still no change.
+out=$(daemonset plain "$TEST_NS" plain plain Always | kubectl apply --server-side --force-conflicts -f - 2>&1) \
+  || fail "server-side re-apply plain: $out"
+after=$(kubectl -n "$TEST_NS" get daemonset plain -o jsonpath='{.metadata.generation}')
+[ "$after" = "$generation" ] || fail "server-side apply moved the generation from $generation to $after"
+kubectl -n "$TEST_NS" get daemonset plain -o json | assert_patched "DaemonSet plain after server-side apply"
+pass "kubectl apply --server-side: $out; generation stays $generation"
 
 log "writing the stored object back (an UPDATE the webhook reviews) changes nothing"
 kubectl -n "$TEST_NS" get daemonset plain -o json | kubectl replace -f - >/dev/null
