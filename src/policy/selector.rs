@@ -22,7 +22,8 @@ const EMPTY: &str = "empty selector is invalid for daemonset";
 ///
 /// `selector` is `None` when `spec.selector` is absent or null. The API server then reports only
 /// that the (nil, match-nothing) selector does not match the labels; we also name the selector
-/// itself as empty, since that is the field to fix.
+/// itself as empty, since that is the field to fix, after the mismatch as the API server orders
+/// the two for an empty selector.
 pub fn validate(
     selector: Option<&LabelSelector>,
     template_labels: Option<&BTreeMap<String, String>>,
@@ -35,8 +36,8 @@ pub fn validate(
 
     let Some(selector) = selector else {
         return vec![
-            FieldError::invalid(&selector_path, "null".to_owned(), EMPTY),
             mismatch(),
+            FieldError::invalid(&selector_path, "null".to_owned(), EMPTY),
         ];
     };
 
@@ -441,8 +442,8 @@ mod tests {
         assert_eq!(
             messages(&validate(None, Some(&labels(&[("app", "x")])))),
             [
-                "spec.selector: Invalid value: null: empty selector is invalid for daemonset",
                 r#"spec.template.metadata.labels: Invalid value: {"app":"x"}: `selector` does not match template `labels`"#,
+                "spec.selector: Invalid value: null: empty selector is invalid for daemonset",
             ]
         );
     }
@@ -506,6 +507,113 @@ mod tests {
             r#"spec.selector.matchLabels: Invalid value: "bad key!": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#
         );
         assert!(got[2].starts_with(r#"spec.selector.matchExpressions[0].values[1]: Invalid value: "not fine": a valid label"#));
+    }
+
+    #[test]
+    fn empty_and_null_values_are_alike() {
+        let with_values = |operator: &str, values: Option<Vec<String>>| LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "k".to_owned(),
+                operator: operator.to_owned(),
+                values,
+            }]),
+        };
+        // `values: []` and `values: null` (or absent) are both "not specified".
+        for values in [None, Some(vec![])] {
+            let errors = validate(Some(&with_values(OP_IN, values.clone())), None);
+            assert_eq!(errors.len(), 1, "{values:?}: {errors:?}");
+            assert!(errors[0].to_string().contains("Required value"));
+            assert!(
+                validate(
+                    Some(&with_values(OP_EXISTS, values)),
+                    Some(&labels(&[("k", "")]))
+                )
+                .is_empty()
+            );
+        }
+        // An empty string is a value: it makes In well formed and Exists malformed.
+        let in_empty = with_values(OP_IN, Some(vec![String::new()]));
+        assert!(validate(Some(&in_empty), Some(&labels(&[("k", "")]))).is_empty());
+        assert_eq!(
+            validate(Some(&in_empty), Some(&labels(&[("k", "x")]))).len(),
+            1
+        );
+        let exists_empty = with_values(OP_EXISTS, Some(vec![String::new()]));
+        assert_eq!(
+            messages(&validate(Some(&exists_empty), Some(&labels(&[("k", "")])))),
+            [
+                "spec.selector.matchExpressions[0].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_match_labels_with_expressions_is_not_an_empty_selector() {
+        let s = LabelSelector {
+            match_labels: Some(BTreeMap::new()),
+            match_expressions: Some(vec![requirement("app", OP_EXISTS, &[])]),
+        };
+        assert!(validate(Some(&s), Some(&labels(&[("app", "x")]))).is_empty());
+        assert_eq!(validate(Some(&s), Some(&labels(&[]))).len(), 1);
+    }
+
+    #[test]
+    fn every_bad_match_label_is_reported_in_key_order() {
+        let s = selector(
+            &[("b!", "ok"), ("a", "bad value"), ("c", &"v".repeat(64))],
+            vec![],
+        );
+        let got = messages(&validate(Some(&s), None));
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].starts_with(
+            r#"spec.selector.matchLabels: Invalid value: "bad value": a valid label"#
+        ));
+        assert!(got[1].starts_with(
+            r#"spec.selector.matchLabels: Invalid value: "b!": name part must consist"#
+        ));
+        assert!(
+            got[2].ends_with(": must be no more than 63 characters"),
+            "{}",
+            got[2]
+        );
+        // A malformed selector is not also reported as a mismatch.
+        assert!(!got.iter().any(|m| m.contains("does not match")));
+    }
+
+    #[test]
+    fn label_key_edges() {
+        // "/": an empty prefix and an empty name, as IsQualifiedName reports them.
+        assert_eq!(
+            label_key_errors("/"),
+            [
+                "prefix part must be non-empty".to_owned(),
+                "name part must be non-empty".to_owned(),
+                format!(
+                    "name part {}",
+                    regex_error(
+                        LABEL_KEY_ERR,
+                        LABEL_KEY_FMT,
+                        &["MyName", "my.name", "123-abc"]
+                    )
+                ),
+            ]
+        );
+        let long_prefix = format!("{}.example.com", "a".repeat(250));
+        assert_eq!(
+            label_key_errors(&format!("{long_prefix}/name")),
+            ["prefix part must be no more than 253 characters"]
+        );
+        let limit_prefix = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(limit_prefix.len(), 253);
+        assert!(label_key_errors(&format!("{limit_prefix}/name")).is_empty());
+        assert!(label_value_errors(&"v".repeat(63)).is_empty());
     }
 
     #[test]
