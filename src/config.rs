@@ -265,6 +265,9 @@ fn toleration(
     })
 }
 
+/// The container resources whose request may be below the limit.
+const OVERCOMMITTABLE_RESOURCES: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
+
 fn resource_defaults(
     file: &ResourcesFile,
     built_in: ResourceDefaults,
@@ -279,6 +282,15 @@ fn resource_defaults(
                 if let Some(message) = label_key_errors(name).first() {
                     return Err(format!(
                         "{field}: {name:?} is not a resource name: {message}"
+                    ));
+                }
+                // Kubernetes lets a request differ from its limit only for these (its
+                // IsOvercommitAllowed): an extended resource or hugepages must request exactly
+                // its limit, and a default for them would make invalid pods.
+                if !OVERCOMMITTABLE_RESOURCES.contains(&name.as_str()) {
+                    return Err(format!(
+                        "{field}: defaults are only for {}; {name:?} cannot be overcommitted,                          so a default would make pods the API server rejects",
+                        OVERCOMMITTABLE_RESOURCES.join(", ")
                     ));
                 }
                 let text = value.value.to_string();
@@ -482,6 +494,13 @@ mod tests {
         );
         let err = parse("resources:\n  default:\n    cpu: -1\n").unwrap_err();
         assert!(err.contains("must not be negative"), "{err}");
+        for name in ["example.com/foo", "hugepages-2Mi", "nvidia.com/gpu"] {
+            let err = parse(&format!("resources:\n  default:\n    {name}: 1\n")).unwrap_err();
+            assert!(
+                err.starts_with(&format!("line 3: resources.default.{name}: defaults are only for cpu, memory, ephemeral-storage")),
+                "{err}"
+            );
+        }
         let err = parse("tolerations:\n  extra:\n    - key: a\n      operator: In\n").unwrap_err();
         assert!(
             err.starts_with("line 3: tolerations.extra[0].operator"),

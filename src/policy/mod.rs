@@ -499,7 +499,10 @@ fn judge(
     );
     judged(
         rules.resources,
-        resources::validate(&lists.map(|((list, _), containers)| (list, containers))),
+        resources::validate(
+            &lists.map(|((list, _), containers)| (list, containers)),
+            pod.and_then(|p| p.resources.as_ref()),
+        ),
     );
     if !verdict.violations.is_empty() {
         return verdict;
@@ -521,10 +524,16 @@ fn judge(
         Mode::Off => {}
     };
     if rules.tolerations != Mode::Off {
-        let required: Vec<RequiredToleration> =
-            tolerations::daemon_tolerations(pod.host_network == Some(true))
-                .chain(policy.extra_tolerations.iter().cloned())
-                .collect();
+        // An extra toleration the controller's list (or the policy, twice) already has is
+        // required once: added one after another, the second would match the first.
+        let mut required: Vec<RequiredToleration> = Vec::new();
+        for toleration in tolerations::daemon_tolerations(pod.host_network == Some(true))
+            .chain(policy.extra_tolerations.iter().cloned())
+        {
+            if !required.iter().any(|r| r.same_toleration(&toleration)) {
+                required.push(toleration);
+            }
+        }
         let (mut operations, mut changes) = (Vec::new(), Vec::new());
         tolerations::mutate(
             pod.tolerations.as_deref(),
@@ -537,6 +546,12 @@ fn judge(
     }
     if rules.resources != Mode::Off {
         let (mut operations, mut changes) = (Vec::new(), Vec::new());
+        let pod_level = resources::pod_level_names(pod.resources.as_ref());
+        let defaults = if pod_level.is_empty() {
+            std::borrow::Cow::Borrowed(&policy.resources)
+        } else {
+            std::borrow::Cow::Owned(policy.resources.without(&pod_level))
+        };
         for ((list, noun), containers) in lists {
             for (i, container) in containers.iter().enumerate() {
                 let label = if container.name.is_empty() {
@@ -550,7 +565,7 @@ fn judge(
                     &pod_path
                         .with_trailing_token(list)
                         .with_trailing_token(i.to_string()),
-                    &policy.resources,
+                    &defaults,
                     &mut operations,
                     &mut changes,
                 );
@@ -775,6 +790,75 @@ mod tests {
             .collect();
         assert_eq!(keys.len(), 7);
         assert_eq!(keys[6], "node.kubernetes.io/network-unavailable");
+    }
+
+    #[test]
+    fn pod_level_resources_are_the_containers_shared_budget() {
+        // spec.resources (pod-level resources) names cpu: no container gets a cpu default,
+        // which could exceed the pod's limit or sum above its request; memory is still defaulted.
+        let object = daemonset(json!({
+            "resources": { "limits": { "cpu": "200m" } },
+            "containers": [{ "name": "a" }, { "name": "b", "resources": { "requests": { "memory": "1Gi" } } }],
+        }));
+        let verdict = review(&object, None, &Policy::default());
+        assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
+        let patched = apply(&object, &verdict);
+        let containers = &patched["spec"]["template"]["spec"]["containers"];
+        assert_eq!(
+            containers[0]["resources"],
+            json!({ "limits": { "memory": "512Mi" }, "requests": { "memory": "64Mi" } })
+        );
+        assert_eq!(
+            containers[1]["resources"],
+            json!({ "limits": { "memory": "1Gi" }, "requests": { "memory": "1Gi" } })
+        );
+        assert_eq!(
+            patched["spec"]["template"]["spec"]["resources"],
+            json!({ "limits": { "cpu": "200m" } })
+        );
+        // Both resources at pod level: nothing to default.
+        let object = daemonset(json!({
+            "resources": { "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } },
+            "containers": [{ "name": "a" }],
+        }));
+        let verdict = review(&object, None, &Policy::default());
+        assert!(
+            verdict
+                .changes
+                .iter()
+                .all(|c| !matches!(c.kind, ChangeKind::Limit | ChangeKind::LimitAndRequest))
+        );
+        assert!(
+            apply(&object, &verdict)["spec"]["template"]["spec"]["containers"][0]
+                .get("resources")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn pod_level_quantities_must_parse_and_may_be_padded() {
+        let object = daemonset(json!({
+            "resources": { "limits": { "cpu": "lots", "memory": " 1Gi " } },
+            "containers": [{ "name": "a", "resources": { "requests": { "cpu": " 100m" } } }],
+        }));
+        let verdict = review(&object, None, &Policy::default());
+        let messages: Vec<String> = verdict.violations.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(
+            messages[0].starts_with(r#"spec.template.spec.resources.limits[cpu]: Invalid value: "lots": quantities must match"#),
+            "{}",
+            messages[0]
+        );
+        // A padded request (Kubernetes trims it) gets a limit written without the padding.
+        let object = daemonset(json!({
+            "containers": [{ "name": "a", "resources": { "requests": { "cpu": " 1", "memory": "1Mi" } } }],
+        }));
+        let verdict = review(&object, None, &Policy::default());
+        let patched = apply(&object, &verdict);
+        assert_eq!(
+            patched["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "1"
+        );
     }
 
     #[test]
@@ -1022,6 +1106,26 @@ mod tests {
             "node-role.kubernetes.io/control-plane"
         );
         assert!(review(&patched, None, &policy).operations.is_empty());
+
+        // Listed twice, or repeating the controller's: added once.
+        let not_ready = RequiredToleration {
+            key: "node.kubernetes.io/not-ready".into(),
+            operator: "Exists".into(),
+            value: "".into(),
+            effect: "NoExecute".into(),
+            origin: tolerations::Origin::Policy,
+        };
+        let twice = policy.extra_tolerations[0].clone();
+        policy.extra_tolerations.extend([twice, not_ready]);
+        let verdict = review(&object, None, &policy);
+        let patched = apply(&object, &verdict);
+        assert_eq!(
+            patched["spec"]["template"]["spec"]["tolerations"]
+                .as_array()
+                .unwrap()
+                .len(),
+            7
+        );
     }
 
     #[test]

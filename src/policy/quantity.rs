@@ -31,7 +31,7 @@ impl fmt::Display for ParseQuantityError {
             ParseQuantityError::FormatWrong => {
                 "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
             }
-            ParseQuantityError::Numeric => "unable to parse quantity's numeric part",
+            ParseQuantityError::Numeric => "unable to parse numeric part of quantity",
             ParseQuantityError::Suffix => "unable to parse quantity's suffix",
         })
     }

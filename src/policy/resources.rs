@@ -1,11 +1,15 @@
 //! Default limits and requests for containers and init containers that lack them, in the spirit
-//! of a LimitRange's `default` and `defaultRequest`, without ever changing a pod's QoS class.
+//! of a LimitRange's `default` and `defaultRequest`. Like a LimitRange, this can change a pod's
+//! QoS class: a container with no resources becomes Burstable, and one whose requests are all
+//! above the default limits gets limits equal to them (Guaranteed, if every container does).
+//! It never turns Guaranteed Burstable: a limit without a request is left for the API server to
+//! copy into the request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::{AddOperation, PatchOperation};
 use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 use serde_json::{Map, Value};
 
@@ -64,34 +68,75 @@ pub const CONTAINER_LISTS: [(&str, &str); 2] = [
     ("initContainers", "init container"),
 ];
 
-/// Every limit and request of every container must be a quantity. The API server rejects a
-/// malformed one when it decodes the object; we name the field.
-pub fn validate(lists: &[(&str, &[Container])]) -> Vec<FieldError> {
+/// Every limit and request of every container, and of the pod (`spec.resources`), must be a
+/// quantity. The API server rejects a malformed one when it decodes the object; we name the
+/// field.
+pub fn validate(
+    lists: &[(&str, &[Container])],
+    pod: Option<&ResourceRequirements>,
+) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let base = Path::new("spec").child("template").child("spec");
+    if let Some(resources) = pod {
+        validate_requirements(resources, &base.child("resources"), &mut errors);
+    }
     for (list, containers) in lists {
         for (i, container) in containers.iter().enumerate() {
-            let Some(resources) = &container.resources else {
-                continue;
-            };
-            let path = base.child(list).index(i).child("resources");
-            for (kind, map) in [
-                ("limits", &resources.limits),
-                ("requests", &resources.requests),
-            ] {
-                for (name, quantity) in map.iter().flatten() {
-                    if let Err(error) = Quantity::parse(&quantity.0) {
-                        errors.push(FieldError::invalid(
-                            &path.child(kind).key(name),
-                            go_quote(&quantity.0),
-                            error.to_string(),
-                        ));
-                    }
-                }
+            if let Some(resources) = &container.resources {
+                let path = base.child(list).index(i).child("resources");
+                validate_requirements(resources, &path, &mut errors);
             }
         }
     }
     errors
+}
+
+fn validate_requirements(
+    resources: &ResourceRequirements,
+    path: &Path,
+    errors: &mut Vec<FieldError>,
+) {
+    for (kind, map) in [
+        ("limits", &resources.limits),
+        ("requests", &resources.requests),
+    ] {
+        for (name, quantity) in map.iter().flatten() {
+            // Quantity's UnmarshalJSON trims the string before it parses it.
+            if let Err(error) = Quantity::parse(quantity.0.trim()) {
+                errors.push(FieldError::invalid(
+                    &path.child(kind).key(name),
+                    go_quote(&quantity.0),
+                    error.to_string(),
+                ));
+            }
+        }
+    }
+}
+
+/// The resources a pod-level `spec.resources` names. Its containers share that budget: a
+/// container limit above the pod's, or container requests summing above the pod's, make the
+/// pod invalid, so containers get no defaults for these.
+pub fn pod_level_names(pod: Option<&ResourceRequirements>) -> BTreeSet<String> {
+    pod.into_iter()
+        .flat_map(|r| r.limits.iter().flatten().chain(r.requests.iter().flatten()))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+impl ResourceDefaults {
+    /// These defaults but for the resources in `names`.
+    pub fn without(&self, names: &BTreeSet<String>) -> Self {
+        let keep = |map: &BTreeMap<String, DefaultQuantity>| {
+            map.iter()
+                .filter(|(name, _)| !names.contains(*name))
+                .map(|(name, q)| (name.clone(), q.clone()))
+                .collect()
+        };
+        Self {
+            limits: keep(&self.limits),
+            requests: keep(&self.requests),
+        }
+    }
 }
 
 /// Patches limits and requests into one container at `path` (its JSON Pointer):
@@ -151,23 +196,24 @@ pub fn mutate_container(
                 changes.push(change);
             }
             Some(request) => {
-                let Ok(request_value) = Quantity::parse(&request.0) else {
+                let request_text = request.0.trim();
+                let Ok(request_value) = Quantity::parse(request_text) else {
                     continue;
                 };
                 let (limit, message) = if request_value > default_limit.value {
                     (
-                        request.0.clone(),
+                        request_text.to_owned(),
                         format!(
-                            "{label}: set {name} limit {} equal to its request (above the default limit {})",
-                            request.0, default_limit.text
+                            "{label}: set {name} limit {request_text} equal to its request (above the default limit {})",
+                            default_limit.text
                         ),
                     )
                 } else {
                     (
                         default_limit.text.clone(),
                         format!(
-                            "{label}: set {name} limit {} (it had a request of {} but no limit)",
-                            default_limit.text, request.0
+                            "{label}: set {name} limit {} (it had a request of {request_text} but no limit)",
+                            default_limit.text
                         ),
                     )
                 };
@@ -402,10 +448,13 @@ mod tests {
         }}));
         let init =
             container(json!({ "name": "i", "resources": { "limits": { "memory": "1 Gi" } } }));
-        let errors: Vec<String> = validate(&[
-            ("containers", std::slice::from_ref(&c)),
-            ("initContainers", std::slice::from_ref(&init)),
-        ])
+        let errors: Vec<String> = validate(
+            &[
+                ("containers", std::slice::from_ref(&c)),
+                ("initContainers", std::slice::from_ref(&init)),
+            ],
+            None,
+        )
         .iter()
         .map(ToString::to_string)
         .collect();

@@ -34,6 +34,14 @@ pub struct RequiredToleration {
     pub origin: Origin,
 }
 
+impl RequiredToleration {
+    /// Whether `other` is the same toleration (whoever requires it).
+    pub fn same_toleration(&self, other: &RequiredToleration) -> bool {
+        (&self.key, &self.operator, &self.value, &self.effect)
+            == (&other.key, &other.operator, &other.value, &other.effect)
+    }
+}
+
 const fn controller(key: &'static str, effect: &'static str) -> RequiredToleration {
     RequiredToleration {
         key: Cow::Borrowed(key),
