@@ -4,7 +4,8 @@
 #
 #   bash tests/deploy/check.sh [path/to/daemonset-webhook]    (default target/debug/daemonset-webhook)
 #
-#  1. renders the base, both overlays and the strict component over each with `kubectl kustomize`
+#  1. renders the base, both overlays, and the strict and mutual-tls components over each with
+#     `kubectl kustomize`
 #     (throwaway certificates for overlays/self-managed are generated, by the binary, into a copy
 #     of deploy/: the work tree is never touched);
 #  2. validates every rendered object against the Kubernetes OpenAPI schema (kubernetes-validate,
@@ -16,7 +17,9 @@
 #     the Deployment's security settings, probes, preStop and grace period;
 #  4. runs the binary exactly as the rendered Deployment would (its args, the rendered Secret and
 #     ConfigMap as files) and calls it as the API server would: through the Service's DNS name,
-#     trusting only the rendered caBundle, on the rendered webhook paths; then SIGTERM;
+#     trusting only the rendered caBundle, on the rendered webhook paths; then SIGTERM; and again
+#     with components/mutual-tls and a client CA made here: probes on the plain port, reviews
+#     only with a client certificate;
 #  5. proves the checks can fail, on a deliberately broken overlay;
 #  6. shellcheck on every shell script, hadolint on the Dockerfile, the GitHub workflow schema.
 #
@@ -113,7 +116,7 @@ trap cleanup EXIT
 cat >"$TMP/check_render.py" <<'PYTHON'
 """Validates and asserts one rendered kustomization: check_render.py RENDER.yaml VARIANT [CA_FILE]
 
-VARIANT: base | self-managed | cert-manager, optionally suffixed +strict."""
+VARIANT: base | self-managed | cert-manager, optionally suffixed +strict or +mtls."""
 import base64
 import re
 import sys
@@ -126,6 +129,7 @@ ca_file = sys.argv[3] if len(sys.argv) > 3 else None
 K8S_VERSIONS = sys.argv[4].split(",") if len(sys.argv) > 4 else ["1.30.0", "1.37.0"]
 flavour, _, extra = variant.partition("+")
 strict = extra == "strict"
+mtls = extra == "mtls"
 
 NS = "daemonset-webhook"
 SERVICE_DNS = ["daemonset-webhook.daemonset-webhook.svc", "daemonset-webhook.daemonset-webhook.svc.cluster.local"]
@@ -316,11 +320,19 @@ ok(csc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities are not all
 ok(csc.get("privileged") in (None, False), "privileged container")
 ok(csc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") == "RuntimeDefault",
    "container seccompProfile is not RuntimeDefault")
-ok(c.get("ports") == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}], f"container ports {c.get('ports')}")
+want_ports = [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+if mtls:
+    # The kubelet cannot present a client certificate: probes go to the plain port.
+    want_ports.append({"name": "http-probes", "containerPort": 9090, "protocol": "TCP"})
+ok(c.get("ports") == want_ports, f"container ports {c.get('ports')}")
 for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
     get = c.get(probe, {}).get("httpGet", {})
-    ok(get.get("path") == path and get.get("scheme") == "HTTPS" and get.get("port") in (8443, "https"),
-       f"{probe} is not an HTTPS GET of {path} on 8443: {get}")
+    if mtls:
+        ok(get.get("path") == path and get.get("scheme") == "HTTP" and get.get("port") in (9090, "http-probes"),
+           f"{probe} is not a plain GET of {path} on 9090: {get}")
+    else:
+        ok(get.get("path") == path and get.get("scheme") == "HTTPS" and get.get("port") in (8443, "https"),
+           f"{probe} is not an HTTPS GET of {path} on 8443: {get}")
 resources = c.get("resources", {})
 for part in ("requests", "limits"):
     ok(set(resources.get(part, {})) == {"cpu", "memory"}, f"container {part} are not cpu and memory: {resources}")
@@ -338,6 +350,9 @@ for flag in ("--listen=0.0.0.0:8443", "--tls-cert=/etc/daemonset-webhook/tls/tls
              "--tls-key=/etc/daemonset-webhook/tls/tls.key",
              "--config=/etc/daemonset-webhook/policy/policy.yaml"):
     ok(flag in args, f"args lack {flag}: {args}")
+mtls_flags = ("--client-ca=/etc/daemonset-webhook/client-ca/ca.crt", "--metrics-listen=0.0.0.0:9090")
+for flag in mtls_flags:
+    ok((flag in args) == mtls, f"args {'lack' if mtls else 'have'} {flag}: {args}")
 mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
 volumes = {v["name"]: v for v in pod.get("volumes", [])}
 tls_mount = mounts.get("tls", {})
@@ -345,6 +360,16 @@ ok(tls_mount.get("mountPath") == "/etc/daemonset-webhook/tls" and tls_mount.get(
    f"TLS volume not mounted read-only at /etc/daemonset-webhook/tls: {tls_mount}")
 ok(volumes.get("tls", {}).get("secret", {}).get("secretName") == "daemonset-webhook-tls",
    "TLS volume is not Secret daemonset-webhook-tls")
+client_ca_mount = mounts.get("client-ca")
+if mtls:
+    ok((client_ca_mount or {}).get("mountPath") == "/etc/daemonset-webhook/client-ca" and client_ca_mount.get("readOnly") is True,
+       f"client CA volume not mounted read-only at /etc/daemonset-webhook/client-ca: {client_ca_mount}")
+    client_ca = volumes.get("client-ca", {}).get("configMap", {})
+    ok(client_ca.get("name") == "daemonset-webhook-client-ca" and not client_ca.get("optional")
+       and {"key": "ca.crt", "path": "ca.crt"} in client_ca.get("items", []),
+       f"client CA volume is not ConfigMap daemonset-webhook-client-ca's ca.crt, required: {client_ca}")
+else:
+    ok(client_ca_mount is None, "a client CA is mounted without the mutual-tls component")
 policy_mount = mounts.get("policy", {})
 ok(policy_mount.get("mountPath") == "/etc/daemonset-webhook/policy" and policy_mount.get("readOnly") is True,
    f"policy volume not mounted read-only at /etc/daemonset-webhook/policy: {policy_mount}")
@@ -473,9 +498,11 @@ certs="$TMP/deploy/overlays/self-managed/certs"
 rm -rf "$certs" # a developer's own certificates are not the ones under test
 "$BIN" certs --out-dir "$certs" >/dev/null
 for base in self-managed cert-manager; do
-  mkdir -p "$TMP/deploy/overlays/check-strict-$base"
-  printf 'resources: [../%s]\ncomponents: [../../components/strict]\n' "$base" \
-    >"$TMP/deploy/overlays/check-strict-$base/kustomization.yaml"
+  for component in strict mutual-tls; do
+    mkdir -p "$TMP/deploy/overlays/check-$component-$base"
+    printf 'resources: [../%s]\ncomponents: [../../components/%s]\n' "$base" "$component" \
+      >"$TMP/deploy/overlays/check-$component-$base/kustomization.yaml"
+  done
 done
 # The "overlay of your own" deploy/README.md shows: the image, the strict component, a policy.
 mkdir -p "$TMP/my-webhook"
@@ -507,6 +534,8 @@ check "render deploy/overlays/self-managed" render self-managed overlays/self-ma
 check "render deploy/overlays/cert-manager" render cert-manager overlays/cert-manager
 check "render overlays/self-managed + components/strict" render self-managed+strict overlays/check-strict-self-managed
 check "render overlays/cert-manager + components/strict" render cert-manager+strict overlays/check-strict-cert-manager
+check "render overlays/self-managed + components/mutual-tls" render self-managed+mtls overlays/check-mutual-tls-self-managed
+check "render overlays/cert-manager + components/mutual-tls" render cert-manager+mtls overlays/check-mutual-tls-cert-manager
 check "render an overlay of your own (deploy/README.md): image, strict, policy" render own ../my-webhook
 
 # --- 2 and 3. validate and assert ------------------------------------------------------------
@@ -520,7 +549,7 @@ versions=$(
 )
 # validate RENDER [VARIANT]
 validate() { "$PY" "$TMP/check_render.py" "$TMP/render/$1.yaml" "${2:-$1}" "$certs/ca.crt" "$versions"; }
-for variant in base self-managed cert-manager self-managed+strict cert-manager+strict; do
+for variant in base self-managed cert-manager self-managed+strict cert-manager+strict self-managed+mtls cert-manager+mtls; do
   check "validate and assert $variant" validate "$variant"
 done
 check "daemonset-webhook config check: the rendered ConfigMap's policy.yaml" \
@@ -539,20 +568,21 @@ check "certs: tls.crt verifies against ca.crt for daemonset-webhook.daemonset-we
 
 # --- 4. the binary as the rendered Deployment runs it ----------------------------------------
 say "== running the binary with the rendered Deployment's args, Secret and ConfigMap"
-runtime_check() {
-  local render="$TMP/render/self-managed.yaml" rt="$TMP/runtime" port args=() host=daemonset-webhook.daemonset-webhook.svc
-  mkdir -p "$rt/root" "$rt/cwd"
-  # Lay out the rendered Secret and ConfigMap where the Deployment mounts them (under $rt/root),
-  # and write the Deployment's args with those paths and a free loopback port.
-  port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  "$PY" - "$render" "$rt" "$port" <<'PYTHON' || return 1
+# layout RENDER RT PORT PLAIN_PORT: lays out the rendered Secrets and ConfigMaps where the
+# Deployment mounts them (under RT/root; a ConfigMap the user provides, absent from the render,
+# comes from RT/provided/NAME/KEY) and writes the Deployment's args with those paths and the
+# given loopback ports, the caBundle, the webhook paths, the probes and three reviews.
+cat >"$TMP/layout.py" <<'PYTHON'
 import base64, json, os, sys, yaml
-render, rt, port = sys.argv[1], sys.argv[2], sys.argv[3]
+render, rt, port, plain_port = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 docs = [d for d in yaml.safe_load_all(open(render)) if d]
 by = lambda kind: [d for d in docs if d["kind"] == kind]
 pod = by("Deployment")[0]["spec"]["template"]["spec"]
 c = pod["containers"][0]
 volumes = {v["name"]: v for v in pod["volumes"]}
+def provided(name):
+    folder = os.path.join(rt, "provided", name)
+    return {k: open(os.path.join(folder, k), "rb").read() for k in os.listdir(folder)}
 for m in c["volumeMounts"]:
     target = rt + "/root" + m["mountPath"]
     os.makedirs(target, exist_ok=True)
@@ -560,19 +590,23 @@ for m in c["volumeMounts"]:
     if "secret" in v:
         data = {k: base64.b64decode(s) for k, s in next(s for s in by("Secret") if s["metadata"]["name"] == v["secret"]["secretName"])["data"].items()}
     else:
-        data = {k: s.encode() for k, s in next(s for s in by("ConfigMap") if s["metadata"]["name"] == v["configMap"]["name"])["data"].items()}
+        name = v["configMap"]["name"]
+        rendered = [s for s in by("ConfigMap") if s["metadata"]["name"] == name]
+        data = {k: s.encode() for k, s in rendered[0]["data"].items()} if rendered else provided(name)
     items = v.get("secret", v.get("configMap", {})).get("items")
     for key, path in ([(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]):
         with open(os.path.join(target, path), "wb") as f:
             f.write(data[key])
 args = [a.replace("/etc/daemonset-webhook/", rt + "/root/etc/daemonset-webhook/") for a in c["args"]]
 args = [f"--listen=127.0.0.1:{port}" if a.startswith("--listen=") else a for a in args]
+args = [f"--metrics-listen=127.0.0.1:{plain_port}" if a.startswith("--metrics-listen=") else a for a in args]
 open(rt + "/args", "w").write("\n".join(args) + "\n")
 mwc = by("MutatingWebhookConfiguration")[0]["webhooks"][0]
 vwc = by("ValidatingWebhookConfiguration")[0]["webhooks"][0]
 open(rt + "/ca.pem", "wb").write(base64.b64decode(mwc["clientConfig"]["caBundle"]))
 open(rt + "/paths", "w").write(f"{mwc['clientConfig']['service']['path']}\n{vwc['clientConfig']['service']['path']}\n")
-probes = [c["readinessProbe"]["httpGet"]["path"], c["livenessProbe"]["httpGet"]["path"]]
+# Each probe as "SCHEME PATH": the kubelet's view, to be sent to the matching local port.
+probes = [f'{c[p]["httpGet"]["scheme"]} {c[p]["httpGet"]["path"]}' for p in ("readinessProbe", "livenessProbe")]
 open(rt + "/probes", "w").write("\n".join(probes) + "\n")
 policy = yaml.safe_load(by("ConfigMap")[0]["data"]["policy.yaml"])["resources"]
 
@@ -592,6 +626,30 @@ for name, r in (("plain", review("plain", "plain", "plain", "Always")),
     json.dump(r, open(f"{rt}/review-{name}.json", "w"))
 json.dump(policy, open(rt + "/policy.json", "w"))
 PYTHON
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# stop_server: SIGTERM; the webhook must exit 0 by itself, well within the pod's grace period.
+stop_server() {
+  local i rc=0
+  kill -TERM "$server_pid"
+  for ((i = 0; i < 125; i++)); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$server_pid" 2>/dev/null; then
+    say "   still running 25 s after SIGTERM"
+    return 1
+  fi
+  wait "$server_pid" || rc=$?
+  server_pid=""
+  [ "$rc" -eq 0 ] || { say "   exit status $rc after SIGTERM" && return 1; }
+}
+
+runtime_check() {
+  local render="$TMP/render/self-managed.yaml" rt="$TMP/runtime" port args=() host=daemonset-webhook.daemonset-webhook.svc
+  mkdir -p "$rt/root" "$rt/cwd"
+  port=$(free_port)
+  "$PY" "$TMP/layout.py" "$render" "$rt" "$port" 0 || return 1
   mapfile -t args <"$rt/args"
   (cd "$rt/cwd" && exec "$BIN" "${args[@]}") 2>"$rt/serve.log" &
   server_pid=$!
@@ -606,8 +664,9 @@ PYTHON
     cat "$rt/serve.log"
     return 1
   }
-  local probe path mutate validate
-  while read -r probe; do
+  local scheme probe path mutate validate
+  while read -r scheme probe; do
+    [ "$scheme" = HTTPS ] || { say "   probe $probe is $scheme, not HTTPS" && return 1; }
     code=$(curl "${curl_args[@]}" -o /dev/null -w '%{http_code}' "$url$probe")
     [ "$code" = 200 ] || { say "   GET $probe: $code" && return 1; }
   done <"$rt/probes"
@@ -650,24 +709,63 @@ for e in errors:
     print("   " + e)
 sys.exit(1 if errors else 0)
 PYTHON
-  # SIGTERM: the webhook must exit by itself, well within the pod's grace period.
-  kill -TERM "$server_pid"
-  for ((i = 0; i < 125; i++)); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if kill -0 "$server_pid" 2>/dev/null; then
-    say "   still running 25 s after SIGTERM"
-    return 1
-  fi
-  local rc=0
-  wait "$server_pid" || rc=$?
-  server_pid=""
-  [ "$rc" -eq 0 ] || { say "   exit status $rc after SIGTERM" && return 1; }
+  stop_server || return 1
   # readOnlyRootFilesystem: with the certificate paths given, nothing is written anywhere.
   [ -z "$(ls -A "$rt/cwd")" ] || { say "   the webhook wrote into its working directory: $(ls -A "$rt/cwd")" && return 1; }
 }
 check "binary: ready over TLS as the Service name, probes 200, /mutate and /validate answer as rendered, SIGTERM exits 0, writes nothing" runtime_check
+
+# With components/mutual-tls: a client CA of our own in the ConfigMap the user provides.
+mtls_runtime_check() {
+  local render="$TMP/render/self-managed+mtls.yaml" rt="$TMP/runtime-mtls" port plain_port args=()
+  local host=daemonset-webhook.daemonset-webhook.svc
+  mkdir -p "$rt/root" "$rt/cwd" "$rt/provided/daemonset-webhook-client-ca"
+  if ! {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=check-client-ca \
+      -keyout "$rt/client-ca.key" -out "$rt/provided/daemonset-webhook-client-ca/ca.crt" &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=kube-apiserver \
+        -keyout "$rt/client.key" -out "$rt/client.csr" &&
+      printf 'extendedKeyUsage=clientAuth\n' >"$rt/client.ext" &&
+      openssl x509 -req -in "$rt/client.csr" -CA "$rt/provided/daemonset-webhook-client-ca/ca.crt" \
+        -CAkey "$rt/client-ca.key" -CAcreateserial -days 1 -extfile "$rt/client.ext" -out "$rt/client.crt"
+  } 2>"$rt/openssl.log"; then
+    say "   openssl could not make a client CA: $(cat "$rt/openssl.log")"
+    return 1
+  fi
+  port=$(free_port)
+  plain_port=$(free_port)
+  "$PY" "$TMP/layout.py" "$render" "$rt" "$port" "$plain_port" || return 1
+  mapfile -t args <"$rt/args"
+  (cd "$rt/cwd" && exec "$BIN" "${args[@]}") 2>"$rt/serve.log" &
+  server_pid=$!
+  local url="https://$host:$port" plain="http://127.0.0.1:$plain_port" i code scheme probe
+  local curl_args=(-sS --max-time 5 --cacert "$rt/ca.pem" --resolve "$host:$port:127.0.0.1")
+  for ((i = 0; i < 50; i++)); do
+    code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$plain/readyz" 2>/dev/null) && [ "$code" = 200 ] && break
+    sleep 0.2
+  done
+  [ "${code:-}" = 200 ] || { say "   never ready on the plain port; its log:" && cat "$rt/serve.log" && return 1; }
+  # The kubelet's probes, as rendered, on the plain port.
+  while read -r scheme probe; do
+    [ "$scheme" = HTTP ] || { say "   probe $probe is $scheme, not HTTP" && return 1; }
+    code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$plain$probe")
+    [ "$code" = 200 ] || { say "   plain GET $probe: $code" && return 1; }
+  done <"$rt/probes"
+  # HTTPS: no review without the client certificate; with it, the review is answered.
+  if curl "${curl_args[@]}" -o /dev/null -H 'Content-Type: application/json' \
+    --data-binary "@$rt/review-plain.json" "$url/mutate" 2>/dev/null; then
+    say "   a review without a client certificate was answered"
+    return 1
+  fi
+  curl "${curl_args[@]}" --fail --cert "$rt/client.crt" --key "$rt/client.key" -H 'Content-Type: application/json' \
+    --data-binary "@$rt/review-plain.json" "$url/mutate" >"$rt/answer.json" || return 1
+  grep -q '"allowed":true' "$rt/answer.json" || { say "   $(cat "$rt/answer.json")" && return 1; }
+  code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data-binary "@$rt/review-plain.json" "$plain/mutate")
+  [ "$code" = 404 ] || { say "   plain POST /mutate: $code" && return 1; }
+  stop_server
+}
+check "binary with components/mutual-tls: probes 200 on the plain port, reviews only with a client certificate of the client CA" mtls_runtime_check
 
 # --- 5. the checks can fail ------------------------------------------------------------------
 say "== self-test: a broken overlay must fail"
