@@ -1339,30 +1339,21 @@ async fn sigterm_under_load_finishes_what_it_accepted_and_exits_zero() {
         .write_all(&slow_body[slow_body.len() / 2..])
         .await
         .unwrap();
-    let reply = read_response(&mut in_flight_h1)
-        .await
-        .expect("the in-flight HTTP/1.1 review's answer");
-    check_review(reply.status, &reply.body, "in-flight-h1").unwrap();
-    assert!(
-        reply
-            .head
-            .to_ascii_lowercase()
-            .contains("connection: close"),
-        "an answer during shutdown should close the connection: {}",
-        reply.head
-    );
-    let reply = read_response(&mut quiet_h1)
-        .await
-        .expect("the answer to a review sent after SIGTERM on a connection accepted before");
-    check_review(reply.status, &reply.body, "quiet-h1").unwrap();
-    assert!(
-        reply
-            .head
-            .to_ascii_lowercase()
-            .contains("connection: close"),
-        "{}",
-        reply.head
-    );
+    // Each is answered in full, and the answer closes its connection.
+    for (mut connection, uid) in [(in_flight_h1, "in-flight-h1"), (quiet_h1, "quiet-h1")] {
+        let reply = read_response(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("{uid}: no answer during shutdown: {e}"));
+        check_review(reply.status, &reply.body, uid).unwrap();
+        assert!(
+            reply
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{uid}: an answer during shutdown should close the connection: {}",
+            reply.head
+        );
+    }
     rest_h2
         .send(Bytes::copy_from_slice(
             &slow_body_h2[slow_body_h2.len() / 2..],
