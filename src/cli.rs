@@ -501,13 +501,15 @@ fn run_serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    // Watched from before the first load, so an edit during start-up is not lost.
+    // The first load is of the watch's own snapshot, so an edit during start-up is a change.
     let policy_watch = args
         .config
         .as_ref()
         .map(|path| (path.clone(), server::reload::Watch::new(vec![path.clone()])));
-    let policy = match &args.config {
-        Some(path) => config::load(path).map_err(|e| e.to_string())?,
+    let policy = match &policy_watch {
+        Some((path, watch)) => {
+            config::load_contents(path, watch.contents()[0].clone()).map_err(|e| e.to_string())?
+        }
         None => Default::default(),
     };
     tracing::info!(

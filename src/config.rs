@@ -151,11 +151,21 @@ impl fmt::Display for Scalar {
 
 /// Reads and validates the policy file at `path`.
 pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+    load_contents(path, std::fs::read(path).map_err(|e| e.to_string()))
+}
+
+/// Validates the policy file at `path` from contents already read (or the reason they could
+/// not be), so a reload applies exactly what its watch compared.
+pub fn load_contents(
+    path: &Path,
+    contents: Result<Vec<u8>, String>,
+) -> Result<Policy, ConfigError> {
     let error = |message: String| ConfigError {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let text = String::from_utf8(contents.map_err(error)?)
+        .map_err(|_| error("not valid UTF-8 (the policy file is YAML text)".to_owned()))?;
     parse(&text).map_err(error)
 }
 

@@ -429,7 +429,12 @@ pub async fn run(
     state.log_objects = options.log_objects;
     state.body_read_timeout = options.limits.body_read_timeout;
     let certificate_watch = reload::Watch::new(options.tls.paths());
-    let loaded = tls::load(&options.tls, options.limits.http2).map_err(|e| e.to_string())?;
+    let loaded = tls::load_contents(
+        &options.tls,
+        certificate_watch.contents(),
+        options.limits.http2,
+    )
+    .map_err(|e| e.to_string())?;
     if let Some(expiry) = loaded.not_after {
         state.metrics.certificate_expiry(expiry);
     }
@@ -444,7 +449,7 @@ pub async fn run(
         background.spawn(reload::run(
             certificate_watch,
             options.reload_interval,
-            move || match tls::load(&files, http2) {
+            move |contents: &[reload::Contents]| match tls::load_contents(&files, contents, http2) {
                 Ok(loaded) => {
                     tls_state.replace(loaded.config);
                     metrics.certificate_reload(true, loaded.not_after);
@@ -465,7 +470,7 @@ pub async fn run(
         background.spawn(reload::run(
             watch,
             options.reload_interval,
-            move || match crate::config::load(&path) {
+            move |contents: &[reload::Contents]| match crate::config::load_contents(&path, contents[0].clone()) {
                 Ok(policy) => {
                     tracing::info!(policy = %crate::config::describe(&policy), "reloaded the policy file");
                     state.set_policy(policy);

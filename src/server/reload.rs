@@ -5,16 +5,26 @@
 //! ConfigMap by swapping a `..data` symlink, which a watch on the file itself never sees, and
 //! polling also catches editors that write in place (controller-runtime's certwatcher polls too).
 //! A change is acted on once the contents have held still for one poll, so a pair written in two
-//! steps is not loaded half-way.
+//! steps is not loaded half-way. What is loaded is the very contents the watch compared, never a
+//! second read of the files: a file that changed between the two and then changed back would
+//! otherwise leave the server on contents the watch takes for the file's.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Contents of the watched files (`None`: missing or unreadable).
-type Snapshot = Vec<Option<Vec<u8>>>;
+/// One file's contents, or why it could not be read.
+pub type Contents = Result<Vec<u8>, String>;
+
+/// Contents of the watched files, in the order they were given.
+type Snapshot = Vec<Contents>;
+
+/// Reads `path` whole.
+pub fn read(path: &std::path::Path) -> Contents {
+    std::fs::read(path).map_err(|e| e.to_string())
+}
 
 fn snapshot(paths: &[PathBuf]) -> Snapshot {
-    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+    paths.iter().map(|p| read(p)).collect()
 }
 
 /// What a poll concluded.
@@ -36,7 +46,7 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Starts from the files' current contents, which the caller has already loaded.
+    /// Starts from the files' current contents; the caller loads them from [`Watch::contents`].
     pub fn new(paths: Vec<PathBuf>) -> Self {
         let now = snapshot(&paths);
         Self {
@@ -44,6 +54,11 @@ impl Watch {
             acted_on: now.clone(),
             last_seen: now,
         }
+    }
+
+    /// The contents last acted on (at first, those read by [`Watch::new`]), one per path.
+    pub fn contents(&self) -> &[Contents] {
+        &self.acted_on
     }
 
     pub fn poll(&mut self) -> Poll {
@@ -61,12 +76,9 @@ impl Watch {
     }
 }
 
-/// Polls `watch` every `interval` and calls `reload` for each settled change, until the task is
-/// dropped. `reload` keeps whatever it decides; it must not panic.
-///
-/// Make the [`Watch`] before loading the files the first time: a change between the snapshot
-/// and the load is then seen as a change (and loaded again, harmlessly), never lost.
-pub async fn run(mut watch: Watch, interval: Duration, mut reload: impl FnMut() + Send) {
+/// Polls `watch` every `interval` and calls `reload` with the contents of each settled change,
+/// until the task is dropped. `reload` keeps whatever it decides; it must not panic.
+pub async fn run(mut watch: Watch, interval: Duration, mut reload: impl FnMut(&[Contents]) + Send) {
     // tokio panics on a zero period; the command line refuses zero, a library caller may not.
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -74,7 +86,7 @@ pub async fn run(mut watch: Watch, interval: Duration, mut reload: impl FnMut() 
     loop {
         ticker.tick().await;
         if watch.poll() == Poll::Changed {
-            reload();
+            reload(watch.contents());
         }
     }
 }
@@ -97,7 +109,24 @@ mod tests {
         std::fs::write(&b, "2").unwrap();
         assert_eq!(watch.poll(), Poll::Settling, "still moving");
         assert_eq!(watch.poll(), Poll::Changed);
+        assert_eq!(watch.contents(), [Ok(b"2".to_vec()), Ok(b"2".to_vec())]);
         assert_eq!(watch.poll(), Poll::Unchanged);
+    }
+
+    #[test]
+    fn what_is_loaded_is_what_was_compared() {
+        // A file that changes and changes back between two polls is unchanged to the watch, so
+        // the contents in force must be the watch's own, not a read made in between.
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, "warn").unwrap();
+        let mut watch = Watch::new(vec![a.clone()]);
+        std::fs::write(&a, "enforce").unwrap();
+        let read_in_between = read(&a);
+        std::fs::write(&a, "warn").unwrap();
+        assert_eq!(watch.poll(), Poll::Unchanged);
+        assert_eq!(watch.contents(), [Ok(b"warn".to_vec())]);
+        assert_ne!(watch.contents(), [read_in_between]);
     }
 
     #[test]
@@ -128,5 +157,9 @@ mod tests {
         std::fs::remove_file(&a).unwrap();
         assert_eq!(watch.poll(), Poll::Settling);
         assert_eq!(watch.poll(), Poll::Changed);
+        let [Err(reason)] = watch.contents() else {
+            panic!("{:?}", watch.contents())
+        };
+        assert!(reason.contains("No such file"), "{reason}");
     }
 }

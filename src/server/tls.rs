@@ -16,6 +16,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+use super::reload::{self, Contents};
+
 /// ALPN protocols in the server's order of preference. kube-apiserver offers only `http/1.1`
 /// to webhooks; curl and other clients may pick `h2`.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -59,9 +61,8 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
+fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not a PEM certificate: {e}"))?;
     if chain.is_empty() {
@@ -72,16 +73,34 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
 
 /// Reads a PEM certificate chain and private key and checks that they belong together.
 pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
-    let chain = read_certificates(cert_path).map_err(|message| TlsError::Certificate {
-        path: cert_path.to_path_buf(),
-        message,
-    })?;
+    certified_key(
+        cert_path,
+        &reload::read(cert_path),
+        key_path,
+        &reload::read(key_path),
+    )
+}
+
+fn certified_key(
+    cert_path: &Path,
+    cert_pem: &Contents,
+    key_path: &Path,
+    key_pem: &Contents,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = cert_pem
+        .as_deref()
+        .map_err(Clone::clone)
+        .and_then(parse_certificates)
+        .map_err(|message| TlsError::Certificate {
+            path: cert_path.to_path_buf(),
+            message,
+        })?;
     let key_error = |message: String| TlsError::Key {
         path: key_path.to_path_buf(),
         message,
     };
-    let key_pem = std::fs::read(key_path).map_err(|e| key_error(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+    let key_pem = key_pem.as_deref().map_err(|e| key_error(e.clone()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| key_error(format!("no PEM private key found: {e}")))?;
     CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
         cert: cert_path.to_path_buf(),
@@ -101,7 +120,24 @@ pub struct Loaded {
 /// (AEAD, forward-secret) cipher suites, ALPN `h2` (unless `http2` is false) then `http/1.1`,
 /// and, with a client CA, client certificates required.
 pub fn load(files: &TlsFiles, http2: bool) -> Result<Loaded, TlsError> {
-    let key = Arc::new(load_certified_key(&files.cert, &files.key)?);
+    let contents: Vec<Contents> = files.paths().iter().map(|p| reload::read(p)).collect();
+    load_contents(files, &contents, http2)
+}
+
+/// As [`load`], from the files' contents already read, one per [`TlsFiles::paths`] in order.
+pub fn load_contents(
+    files: &TlsFiles,
+    contents: &[Contents],
+    http2: bool,
+) -> Result<Loaded, TlsError> {
+    let missing = Err("not read".to_owned());
+    let content = |i: usize| contents.get(i).unwrap_or(&missing);
+    let key = Arc::new(certified_key(
+        &files.cert,
+        content(0),
+        &files.key,
+        content(1),
+    )?);
     let not_after = key.cert.first().and_then(|leaf| not_after(leaf));
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])?;
@@ -113,7 +149,12 @@ pub fn load(files: &TlsFiles, http2: bool) -> Result<Loaded, TlsError> {
                 message,
             };
             let mut roots = RootCertStore::empty();
-            for certificate in read_certificates(path).map_err(ca_error)? {
+            let chain = content(2)
+                .as_deref()
+                .map_err(Clone::clone)
+                .and_then(parse_certificates)
+                .map_err(ca_error)?;
+            for certificate in chain {
                 roots
                     .add(certificate)
                     .map_err(|e| ca_error(e.to_string()))?;
