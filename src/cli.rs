@@ -703,7 +703,12 @@ mod tests {
         let cert = dir.path().join("certs/tls.crt");
         let key = dir.path().join("certs/tls.key");
         ensure_dev_certificate(&cert, &key).unwrap();
-        tls::load_certified_key(&cert, &key).unwrap();
+        let files = tls::TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        };
+        assert!(tls::load(&files, true).is_ok());
         assert!(dir.path().join("certs/ca.crt").is_file());
     }
 }

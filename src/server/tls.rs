@@ -61,8 +61,8 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain = CertificateDer::pem_slice_iter(pem)
+fn parse_certificates(pem: &Contents) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_slice_iter(pem.as_deref().map_err(Clone::clone)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not a PEM certificate: {e}"))?;
     if chain.is_empty() {
@@ -71,30 +71,17 @@ fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String
     Ok(chain)
 }
 
-/// Reads a PEM certificate chain and private key and checks that they belong together.
-pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
-    certified_key(
-        cert_path,
-        &reload::read(cert_path),
-        key_path,
-        &reload::read(key_path),
-    )
-}
-
+/// Parses a PEM certificate chain and private key and checks that they belong together.
 fn certified_key(
     cert_path: &Path,
     cert_pem: &Contents,
     key_path: &Path,
     key_pem: &Contents,
 ) -> Result<CertifiedKey, TlsError> {
-    let chain = cert_pem
-        .as_deref()
-        .map_err(Clone::clone)
-        .and_then(parse_certificates)
-        .map_err(|message| TlsError::Certificate {
-            path: cert_path.to_path_buf(),
-            message,
-        })?;
+    let chain = parse_certificates(cert_pem).map_err(|message| TlsError::Certificate {
+        path: cert_path.to_path_buf(),
+        message,
+    })?;
     let key_error = |message: String| TlsError::Key {
         path: key_path.to_path_buf(),
         message,
@@ -149,12 +136,7 @@ pub fn load_contents(
                 message,
             };
             let mut roots = RootCertStore::empty();
-            let chain = content(2)
-                .as_deref()
-                .map_err(Clone::clone)
-                .and_then(parse_certificates)
-                .map_err(ca_error)?;
-            for certificate in chain {
+            for certificate in parse_certificates(content(2)).map_err(ca_error)? {
                 roots
                     .add(certificate)
                     .map_err(|e| ca_error(e.to_string()))?;
@@ -296,9 +278,12 @@ mod tests {
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = load_certified_key(Path::new("/nonexistent/tls.crt"), Path::new("k"))
-            .unwrap_err()
-            .to_string();
+        let files = TlsFiles {
+            cert: "/nonexistent/tls.crt".into(),
+            key: "k".into(),
+            client_ca: None,
+        };
+        let err = load(&files, true).err().unwrap().to_string();
         assert!(err.contains("/nonexistent/tls.crt"), "{err}");
     }
 
@@ -306,9 +291,9 @@ mod tests {
     fn rejects_a_key_of_another_certificate() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        let files = write_pair(a.path());
-        let other = write_pair(b.path());
-        let err = load_certified_key(&files.cert, &other.key).unwrap_err();
+        let mut files = write_pair(a.path());
+        files.key = write_pair(b.path()).key;
+        let err = load(&files, true).err().unwrap();
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err}");
     }
 
@@ -317,11 +302,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = write_pair(dir.path());
         std::fs::write(&files.cert, "not a certificate").unwrap();
-        let err = load_certified_key(&files.cert, &files.key).unwrap_err();
+        let err = load(&files, true).err().unwrap();
         assert!(matches!(err, TlsError::Certificate { .. }), "{err}");
         let files = write_pair(dir.path());
         std::fs::write(&files.key, "").unwrap();
-        let err = load_certified_key(&files.cert, &files.key).unwrap_err();
+        let err = load(&files, true).err().unwrap();
         assert!(matches!(err, TlsError::Key { .. }), "{err}");
     }
 
