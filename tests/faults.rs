@@ -402,12 +402,6 @@ fn h2_post_in_parts(
     (tx, reply)
 }
 
-/// Gives the reload watcher time to take its baseline: a change made before that is never
-/// loaded (operate.rs, `a_policy_change_during_startup_is_not_lost`).
-async fn settle_watchers() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 fn seconds(duration: Duration) -> String {
     format!("{:.2}s", duration.as_secs_f64())
 }
@@ -720,7 +714,6 @@ async fn a_broken_pair_keeps_the_previous_certificate_until_a_good_one_arrives()
         ..StartOptions::default()
     });
 
-    settle_watchers().await;
     let other = Pair::new(1);
     let half = &new.cert[..new.cert.len() / 2];
     // (what, tls.crt, tls.key (None: deleted), whether the key is written first, a piece of
@@ -926,7 +919,6 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca_and_follows
         ],
         ..StartOptions::default()
     });
-    settle_watchers().await;
     let metrics_addr = server
         .metrics_addr()
         .expect("the metrics address in the log");

@@ -406,6 +406,25 @@ fn review_line<'a>(logs: &'a [Value], uid: &str) -> &'a Value {
     lines[0]
 }
 
+/// Waits until the server has logged the review lines of all four reviews
+/// [`send_log_reviews`] sends (stderr is read by another thread).
+async fn wait_for_review_lines(server: &Server) {
+    wait_until(
+        "the four review log lines",
+        Duration::from_secs(5),
+        || async {
+            let logs = server.json_logs();
+            ["log-patched", "log-denied", "log-allowed", "log-exempt"]
+                .iter()
+                .all(|uid| {
+                    logs.iter()
+                        .any(|l| l["message"] == "review" && l["uid"] == *uid)
+                })
+        },
+    )
+    .await;
+}
+
 /// Sends the four kinds of review (and a malformed one) and returns each uid's response.
 async fn send_log_reviews(server: &Server) -> BTreeMap<&'static str, Value> {
     let secret = with_secrets(fixture("create-plain.json"));
@@ -442,7 +461,7 @@ async fn one_json_line_per_review_and_never_the_object() {
     // No --log-format: JSON because stderr is not a terminal.
     let server = Server::start();
     let responses = send_log_reviews(&server).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_review_lines(&server).await;
     let logs = server.json_logs();
 
     let fields: BTreeSet<&str> = [
@@ -537,7 +556,7 @@ async fn logs_objects(args: &[&str], rust_log: &str) -> (bool, String) {
         ..StartOptions::default()
     });
     send_log_reviews(&server).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_review_lines(&server).await;
     let logs = server.json_logs();
     let text = server.logs();
     let logged = text.contains(SECRET_ENV_VALUE) && text.contains(SECRET_IMAGE);
@@ -603,12 +622,6 @@ fn publish_policy(symlinks: bool, dir: &Path, version: usize, text: &str) -> Pat
     path
 }
 
-/// Gives the reload watcher time to take its baseline: a change before that is lost (see
-/// `a_policy_change_during_startup_is_not_lost`).
-async fn settle_watchers() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 async fn wait_for_reloads(server: &Server, series: &str, count: f64) {
     wait_until(
         &format!("{series} to reach {count}"),
@@ -638,7 +651,6 @@ async fn policy_file_reloads(symlinks: bool) {
     });
     let never = fixture("create-restart-never.json");
     let plain = fixture("create-plain.json");
-    settle_watchers().await;
 
     // enforce: denied.
     let response = respond(&server, "/mutate", with_uid(&never, "enforce-1")).await;
