@@ -508,7 +508,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map(|path| (path.clone(), server::reload::Watch::new(vec![path.clone()])));
     let policy = match &policy_watch {
         Some((path, watch)) => {
-            config::load_contents(path, watch.contents()[0].clone()).map_err(|e| e.to_string())?
+            config::load_contents(path, &watch.contents()[0]).map_err(|e| e.to_string())?
         }
         None => Default::default(),
     };

@@ -151,22 +151,23 @@ impl fmt::Display for Scalar {
 
 /// Reads and validates the policy file at `path`.
 pub fn load(path: &Path) -> Result<Policy, ConfigError> {
-    load_contents(path, std::fs::read(path).map_err(|e| e.to_string()))
+    load_contents(path, &crate::server::reload::read(path))
 }
 
 /// Validates the policy file at `path` from contents already read (or the reason they could
 /// not be), so a reload applies exactly what its watch compared.
 pub fn load_contents(
     path: &Path,
-    contents: Result<Vec<u8>, String>,
+    contents: &crate::server::reload::Contents,
 ) -> Result<Policy, ConfigError> {
     let error = |message: String| ConfigError {
         path: path.to_path_buf(),
         message,
     };
-    let text = String::from_utf8(contents.map_err(error)?)
+    let bytes = contents.as_deref().map_err(|e| error(e.clone()))?;
+    let text = std::str::from_utf8(bytes)
         .map_err(|_| error("not valid UTF-8 (the policy file is YAML text)".to_owned()))?;
-    parse(&text).map_err(error)
+    parse(text).map_err(error)
 }
 
 /// Parses and validates a policy file's text. The file is our own format, so YAML 1.2: only

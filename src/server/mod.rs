@@ -470,7 +470,7 @@ pub async fn run(
         background.spawn(reload::run(
             watch,
             options.reload_interval,
-            move |contents: &[reload::Contents]| match crate::config::load_contents(&path, contents[0].clone()) {
+            move |contents: &[reload::Contents]| match crate::config::load_contents(&path, &contents[0]) {
                 Ok(policy) => {
                     tracing::info!(policy = %crate::config::describe(&policy), "reloaded the policy file");
                     state.set_policy(policy);

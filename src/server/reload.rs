@@ -23,7 +23,8 @@ pub fn read(path: &std::path::Path) -> Contents {
     std::fs::read(path).map_err(|e| e.to_string())
 }
 
-fn snapshot(paths: &[PathBuf]) -> Snapshot {
+/// Reads each of `paths` whole, in order.
+pub fn read_all(paths: &[PathBuf]) -> Vec<Contents> {
     paths.iter().map(|p| read(p)).collect()
 }
 
@@ -48,7 +49,7 @@ pub struct Watch {
 impl Watch {
     /// Starts from the files' current contents; the caller loads them from [`Watch::contents`].
     pub fn new(paths: Vec<PathBuf>) -> Self {
-        let now = snapshot(&paths);
+        let now = read_all(&paths);
         Self {
             paths,
             acted_on: now.clone(),
@@ -62,7 +63,7 @@ impl Watch {
     }
 
     pub fn poll(&mut self) -> Poll {
-        let now = snapshot(&self.paths);
+        let now = read_all(&self.paths);
         let poll = if now == self.acted_on {
             Poll::Unchanged
         } else if now == self.last_seen {

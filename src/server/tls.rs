@@ -107,8 +107,7 @@ pub struct Loaded {
 /// (AEAD, forward-secret) cipher suites, ALPN `h2` (unless `http2` is false) then `http/1.1`,
 /// and, with a client CA, client certificates required.
 pub fn load(files: &TlsFiles, http2: bool) -> Result<Loaded, TlsError> {
-    let contents: Vec<Contents> = files.paths().iter().map(|p| reload::read(p)).collect();
-    load_contents(files, &contents, http2)
+    load_contents(files, &reload::read_all(&files.paths()), http2)
 }
 
 /// As [`load`], from the files' contents already read, one per [`TlsFiles::paths`] in order.
