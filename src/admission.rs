@@ -14,7 +14,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::policy::{self, FieldError, Policy, Verdict};
+use crate::policy::{self, Policy, Verdict, Violation};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// The largest AdmissionReview accepted. An object may be up to ~3 MiB in etcd and a review of an
@@ -228,14 +228,14 @@ impl AdmissionResponse {
     }
 
     /// Denies with the API server's own `Invalid` status: 422, every violation as a cause.
-    fn deny_invalid(mut self, name: &str, violations: &[FieldError]) -> Self {
+    fn deny_invalid(mut self, name: &str, violations: &[Violation]) -> Self {
         self.allowed = false;
         self.status = Some(Status {
             api_version: None,
             kind: None,
             metadata: Empty {},
             status: "Failure",
-            message: policy::invalid_message(name, violations),
+            message: policy::invalid_message(name, violations.iter().map(|v| &v.error)),
             reason: "Invalid",
             details: Some(StatusDetails {
                 name: name.to_owned(),
@@ -244,9 +244,9 @@ impl AdmissionResponse {
                 causes: violations
                     .iter()
                     .map(|v| StatusCause {
-                        reason: v.cause_type(),
-                        message: v.body(),
-                        field: v.field.clone(),
+                        reason: v.error.cause_type(),
+                        message: v.error.body(),
+                        field: v.error.field.clone(),
                     })
                     .collect(),
             }),

@@ -38,7 +38,7 @@ use crate::policy::tolerations::{
     EQUAL, EXISTS, NO_EXECUTE, NO_SCHEDULE, Origin, PREFER_NO_SCHEDULE,
 };
 use crate::policy::{
-    DefaultQuantity, Exemptions, Mode, Policy, RequiredToleration, ResourceDefaults, Rules,
+    DefaultQuantity, Exemptions, Mode, Policy, RequiredToleration, ResourceDefaults, Rule, Rules,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,36 +61,8 @@ struct PolicyFile {
     exemptions: ExemptionsFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RulesFile {
-    #[serde(default)]
-    selector: Option<ModeFile>,
-    #[serde(default)]
-    restart_policy: Option<ModeFile>,
-    #[serde(default)]
-    tolerations: Option<ModeFile>,
-    #[serde(default)]
-    resources: Option<ModeFile>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ModeFile {
-    Enforce,
-    Warn,
-    Off,
-}
-
-impl From<ModeFile> for Mode {
-    fn from(mode: ModeFile) -> Self {
-        match mode {
-            ModeFile::Enforce => Mode::Enforce,
-            ModeFile::Warn => Mode::Warn,
-            ModeFile::Off => Mode::Off,
-        }
-    }
-}
+/// Each rule named (by [`Rule::as_str`]) with its mode; a rule not named enforces.
+type RulesFile = BTreeMap<Rule, Mode>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -186,15 +158,12 @@ pub fn parse(text: &str) -> Result<Policy, String> {
         })?;
     let file = file.unwrap_or_default();
     let built_in = Policy::default();
-    let rules = file.rules;
-    let mode = |m: Option<ModeFile>| m.map_or(Mode::Enforce, Mode::from);
+    let mut rules = Rules::default();
+    for (&rule, &mode) in &file.rules {
+        rules.set(rule, mode);
+    }
     Ok(Policy {
-        rules: Rules {
-            selector: mode(rules.selector),
-            restart_policy: mode(rules.restart_policy),
-            tolerations: mode(rules.tolerations),
-            resources: mode(rules.resources),
-        },
+        rules,
         extra_tolerations: file
             .tolerations
             .extra
@@ -355,7 +324,6 @@ fn resource_defaults(
 
 /// A one-line description of a policy, for logs and `config check`.
 pub fn describe(policy: &Policy) -> String {
-    let rules = policy.rules;
     let quantities = |map: &BTreeMap<String, DefaultQuantity>| {
         map.iter()
             .map(|(name, q)| format!("{name}={}", q.text))
@@ -363,12 +331,14 @@ pub fn describe(policy: &Policy) -> String {
             .join(",")
     };
     format!(
-        "rules selector={} restartPolicy={} tolerations={} resources={}; extra tolerations [{}]; \
-         limits {}; requests {}; init containers {}; exempt namespaces [{}]",
-        rules.selector.as_str(),
-        rules.restart_policy.as_str(),
-        rules.tolerations.as_str(),
-        rules.resources.as_str(),
+        "rules {}; extra tolerations [{}]; limits {}; requests {}; init containers {}; \
+         exempt namespaces [{}]",
+        policy
+            .rules
+            .iter()
+            .map(|(rule, mode)| format!("{rule}={}", mode.as_str()))
+            .collect::<Vec<_>>()
+            .join(" "),
         policy
             .extra_tolerations
             .iter()
@@ -439,7 +409,7 @@ mod tests {
     fn the_documented_example_parses_to_what_it_says() {
         let example = include_str!("../examples/policy.yaml");
         let policy = parse(example).unwrap();
-        assert_eq!(policy.rules.selector, Mode::Enforce);
+        assert_eq!(policy.rules.mode(Rule::Selector), Mode::Enforce);
         assert_eq!(policy.extra_tolerations.len(), 1);
         assert_eq!(
             policy.extra_tolerations[0].describe(),
@@ -457,13 +427,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            policy.rules,
-            Rules {
-                selector: Mode::Warn,
-                restart_policy: Mode::Off,
-                tolerations: Mode::Warn,
-                resources: Mode::Off,
-            }
+            policy.rules.iter().collect::<Vec<_>>(),
+            [
+                (Rule::Selector, Mode::Warn),
+                (Rule::RestartPolicy, Mode::Off),
+                (Rule::Tolerations, Mode::Warn),
+                (Rule::Resources, Mode::Off),
+            ]
         );
         assert_eq!(policy.extra_tolerations[0].describe(), "dedicated=agents:*");
         assert_eq!(

@@ -277,7 +277,7 @@ proptest! {
         let mismatch_reported = verdict
             .violations
             .iter()
-            .any(|v| v.detail == "`selector` does not match template `labels`");
+            .any(|v| v.error.detail == "`selector` does not match template `labels`");
         match model_matches(selector, &labels) {
             Some(matches) => prop_assert_eq!(mismatch_reported, !matches, "{}", text),
             None => prop_assert!(!mismatch_reported, "malformed selector matched: {}", text),

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 pub use output::Format;
 
-use crate::policy::{self, Policy, Verdict};
+use crate::policy::{self, Decision, Policy, Verdict};
 use input::Input;
 
 /// How `check` reports and what it demands.
@@ -78,12 +78,12 @@ impl Status {
 
 impl Finding {
     pub fn status(&self) -> Status {
-        match &self.verdict {
+        match self.verdict.as_ref().map(Verdict::decision) {
             None => Status::Unsupported,
-            Some(v) if v.exemption.is_some() => Status::Exempt,
-            Some(v) if !v.allowed() => Status::Invalid,
-            Some(v) if !v.operations.is_empty() => Status::Incomplete,
-            Some(_) => Status::Complete,
+            Some(Decision::Exempt(_)) => Status::Exempt,
+            Some(Decision::Deny) => Status::Invalid,
+            Some(Decision::Patch) => Status::Incomplete,
+            Some(Decision::Allow) => Status::Complete,
         }
     }
 

@@ -172,7 +172,7 @@ impl<'a> Reporter<'a> {
                     self.err,
                     "invalid: {}: {}",
                     finding.location(),
-                    invalid_message(&finding.name, &verdict.violations)
+                    invalid_message(&finding.name, verdict.errors())
                 );
             }
             Status::Unsupported => {
@@ -358,15 +358,15 @@ fn finding_json(finding: &Finding) -> Value {
         "status": status.as_str(),
         "note": finding.note,
         "message": match status {
-            Status::Invalid => Some(invalid_message(&finding.name, &verdict.map(|v| v.violations.clone()).unwrap_or_default())),
+            Status::Invalid => verdict.map(|v| invalid_message(&finding.name, v.errors())),
             Status::Unsupported => Some(unsupported_message(finding)),
             Status::Complete | Status::Incomplete | Status::Exempt => None,
         },
         "warnings": verdict.map(|v| v.warnings(true)).unwrap_or_default(),
         "violations": verdict.map(|v| v.violations.iter().map(|violation| json!({
-            "field": violation.field,
-            "type": violation.cause_type(),
-            "message": violation.body(),
+            "field": violation.error.field,
+            "type": violation.error.cause_type(),
+            "message": violation.error.body(),
         })).collect::<Vec<_>>()).unwrap_or_default(),
         "changes": verdict.map(|v| v.changes.iter().map(|change| json!({
             "kind": change.kind.as_str(),

@@ -171,9 +171,9 @@ impl fmt::Display for FieldError {
 
 /// `ErrorList.ToAggregate().Error()`: one message alone, several as `[a, b]`, exact duplicates
 /// dropped.
-pub fn aggregate(errors: &[FieldError]) -> String {
-    let mut seen: Vec<String> = Vec::with_capacity(errors.len());
-    for message in errors.iter().map(FieldError::to_string) {
+pub fn aggregate<'e>(errors: impl IntoIterator<Item = &'e FieldError>) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for message in errors.into_iter().map(FieldError::to_string) {
         if !seen.contains(&message) {
             seen.push(message);
         }
@@ -185,8 +185,9 @@ pub fn aggregate(errors: &[FieldError]) -> String {
 }
 
 /// `apierrors.NewInvalid(...).Error()` for a DaemonSet: `DaemonSet.apps "<name>" is invalid: ...`.
-pub fn invalid_message(name: &str, errors: &[FieldError]) -> String {
-    if errors.is_empty() {
+pub fn invalid_message<'e>(name: &str, errors: impl IntoIterator<Item = &'e FieldError>) -> String {
+    let mut errors = errors.into_iter().peekable();
+    if errors.peek().is_none() {
         format!("DaemonSet.apps {} is invalid", go_quote(name))
     } else {
         format!(

@@ -50,8 +50,10 @@ impl Default for Policy {
     }
 }
 
-/// What a rule does when it applies, as ValidatingAdmissionPolicy's Deny/Warn actions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// What a rule does when it applies, as ValidatingAdmissionPolicy's Deny/Warn actions. Spelled
+/// in the policy file as [`Mode::as_str`] gives it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Deny (validation rules) or patch (mutation rules).
     #[default]
@@ -71,21 +73,63 @@ impl Mode {
     }
 }
 
-/// The policy's rules, each with its mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rules {
+/// The policy's rules. Each is one module of its own; the policy file, warnings, metrics and
+/// logs name them by [`Rule::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Rule {
     /// `spec.selector`: well-formed, not empty, selecting the template's labels.
-    pub selector: Mode,
+    Selector,
     /// `spec.template.spec.restartPolicy`: `Always`.
-    pub restart_policy: Mode,
+    RestartPolicy,
     /// The tolerations daemon pods get.
-    pub tolerations: Mode,
+    Tolerations,
     /// Default limits and requests, and well-formed quantities.
-    pub resources: Mode,
+    Resources,
 }
 
-/// The names of the rules, as the policy file, warnings and metrics spell them.
-pub const RULE_NAMES: [&str; 4] = ["selector", "restartPolicy", "tolerations", "resources"];
+impl Rule {
+    pub const ALL: [Rule; 4] = [
+        Rule::Selector,
+        Rule::RestartPolicy,
+        Rule::Tolerations,
+        Rule::Resources,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Selector => "selector",
+            Rule::RestartPolicy => "restartPolicy",
+            Rule::Tolerations => "tolerations",
+            Rule::Resources => "resources",
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Each rule's mode; every rule enforces unless told otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules([Mode; Rule::ALL.len()]);
+
+impl Rules {
+    pub fn mode(&self, rule: Rule) -> Mode {
+        self.0[rule as usize]
+    }
+
+    pub fn set(&mut self, rule: Rule, mode: Mode) {
+        self.0[rule as usize] = mode;
+    }
+
+    /// Every rule with its mode, in [`Rule::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (Rule, Mode)> + '_ {
+        Rule::ALL.into_iter().map(|rule| (rule, self.mode(rule)))
+    }
+}
 
 /// Objects the policy leaves alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +140,62 @@ pub struct Exemptions {
 
 /// A DaemonSet annotated `daemonset-webhook.io/exclude: "true"` is allowed untouched.
 pub const EXCLUDE_ANNOTATION: &str = "daemonset-webhook.io/exclude";
+
+/// Why the policy leaves a DaemonSet alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exemption {
+    /// Annotated [`EXCLUDE_ANNOTATION`]`: "true"`.
+    Annotation,
+    /// In a namespace the policy file exempts.
+    Namespace(String),
+}
+
+impl Exemption {
+    /// The reason as metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Exemption::Annotation => "annotation",
+            Exemption::Namespace(_) => "namespace",
+        }
+    }
+}
+
+impl std::fmt::Display for Exemption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exemption::Annotation => write!(f, "annotation {EXCLUDE_ANNOTATION}=true"),
+            Exemption::Namespace(namespace) => {
+                write!(f, "namespace {namespace} is exempt in the policy file")
+            }
+        }
+    }
+}
+
+/// A violation of a rule, or (`rule: None`) an object that could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: Option<Rule>,
+    pub error: FieldError,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// What the policy decided about a DaemonSet as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Allowed untouched, whatever it holds.
+    Exempt(&'a Exemption),
+    /// Invalid: denied, never patched.
+    Deny,
+    /// Valid; the patch completes it.
+    Patch,
+    /// Valid and complete.
+    Allow,
+}
 
 /// What a change does, for warnings, audit annotations and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,6 +211,14 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
+    /// The rule that makes changes of this kind.
+    pub fn rule(self) -> Rule {
+        match self {
+            ChangeKind::TolerationAdded | ChangeKind::TolerationUpdated => Rule::Tolerations,
+            ChangeKind::Limit | ChangeKind::LimitAndRequest => Rule::Resources,
+        }
+    }
+
     /// The name reports and metrics use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -136,17 +244,17 @@ pub struct Change {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verdict {
     /// Why the object is invalid; empty when it is valid.
-    pub violations: Vec<FieldError>,
+    pub violations: Vec<Violation>,
     /// The JSON Patch (RFC 6902) that completes a valid object; empty when nothing is missing.
     pub operations: Vec<PatchOperation>,
     /// The changes the operations make, one per thing changed.
     pub changes: Vec<Change>,
     /// Violations of rules in `warn` mode: reported, not denied.
-    pub warned_violations: Vec<FieldError>,
+    pub warned_violations: Vec<Violation>,
     /// Changes rules in `warn` mode would make: reported, not patched.
     pub warned_changes: Vec<Change>,
     /// Why the object is exempt from the policy; then nothing else is set.
-    pub exemption: Option<String>,
+    pub exemption: Option<Exemption>,
 }
 
 /// Kubernetes' limits on admission warnings.
@@ -156,6 +264,20 @@ pub const MAX_WARNINGS_TOTAL: usize = 4096;
 impl Verdict {
     pub fn allowed(&self) -> bool {
         self.violations.is_empty()
+    }
+
+    pub fn decision(&self) -> Decision<'_> {
+        match &self.exemption {
+            Some(exemption) => Decision::Exempt(exemption),
+            None if !self.allowed() => Decision::Deny,
+            None if !self.operations.is_empty() => Decision::Patch,
+            None => Decision::Allow,
+        }
+    }
+
+    /// The violations' field errors, in order.
+    pub fn errors(&self) -> impl Iterator<Item = &FieldError> {
+        self.violations.iter().map(|v| &v.error)
     }
 
     pub fn patch(&self) -> &[PatchOperation] {
@@ -188,21 +310,6 @@ impl Verdict {
         fit_warnings(lines)
     }
 
-    /// Metrics' and logs' name for each violation's rule, from its field path (the rules own
-    /// disjoint fields).
-    pub fn violation_rule(violation: &FieldError) -> &'static str {
-        let field = violation.field.as_str();
-        if field.starts_with("spec.selector") || field == "spec.template.metadata.labels" {
-            "selector"
-        } else if field == "spec.template.spec.restartPolicy" {
-            "restartPolicy"
-        } else if field.contains(".resources.") {
-            "resources"
-        } else {
-            "unreadable"
-        }
-    }
-
     /// A summary of the changes by kind: `tolerations-added`, `tolerations-updated`,
     /// `limits-added`, `requests-added`, each listing what changed.
     pub fn audit_annotations(&self, mutations: bool) -> BTreeMap<String, String> {
@@ -230,15 +337,16 @@ impl Verdict {
             groups
                 .entry("violations")
                 .or_default()
-                .push(&violation.field);
+                .push(&violation.error.field);
         }
         for violation in &self.warned_violations {
             groups
                 .entry("warned-violations")
                 .or_default()
-                .push(&violation.field);
+                .push(&violation.error.field);
         }
-        if let Some(exemption) = &self.exemption {
+        let exemption = self.exemption.as_ref().map(ToString::to_string);
+        if let Some(exemption) = &exemption {
             groups.entry("exempt").or_default().push(exemption);
         }
         groups
@@ -444,13 +552,16 @@ fn judge(
         Ok(daemonset) => daemonset,
         Err(error) => {
             return Verdict {
-                violations: vec![FieldError::type_invalid(
-                    &field::Path::new(&error.path().to_string()),
-                    format!(
-                        "not readable as an apps/v1 DaemonSet: {}",
-                        without_position(error.inner())
+                violations: vec![Violation {
+                    rule: None,
+                    error: FieldError::type_invalid(
+                        &field::Path::new(&error.path().to_string()),
+                        format!(
+                            "not readable as an apps/v1 DaemonSet: {}",
+                            without_position(error.inner())
+                        ),
                     ),
-                )],
+                }],
                 ..Verdict::default()
             };
         }
@@ -484,21 +595,27 @@ fn judge(
 
     let mut verdict = Verdict::default();
     let rules = policy.rules;
-    let mut judged = |mode: Mode, errors: Vec<FieldError>| match mode {
-        Mode::Enforce => verdict.violations.extend(errors),
-        Mode::Warn => verdict.warned_violations.extend(errors),
-        Mode::Off => {}
+    let mut judged = |rule: Rule, errors: Vec<FieldError>| {
+        let violations = errors.into_iter().map(|error| Violation {
+            rule: Some(rule),
+            error,
+        });
+        match rules.mode(rule) {
+            Mode::Enforce => verdict.violations.extend(violations),
+            Mode::Warn => verdict.warned_violations.extend(violations),
+            Mode::Off => {}
+        }
     };
     judged(
-        rules.selector,
+        Rule::Selector,
         selector::validate(selector_given.then_some(&spec.selector), template_labels),
     );
     judged(
-        rules.restart_policy,
+        Rule::RestartPolicy,
         restart_policy::validate(pod.and_then(|p| p.restart_policy.as_deref())),
     );
     judged(
-        rules.resources,
+        Rule::Resources,
         resources::validate(
             &lists.map(|((list, _), containers)| (list, containers)),
             pod.and_then(|p| p.resources.as_ref()),
@@ -514,16 +631,18 @@ fn judge(
         return verdict;
     };
     let pod_path = PointerBuf::from_tokens(["spec", "template", "spec"]);
-    let mut patched = |mode: Mode, operations: Vec<PatchOperation>, changes: Vec<Change>| match mode
-    {
-        Mode::Enforce => {
-            verdict.operations.extend(operations);
-            verdict.changes.extend(changes);
+    let mut patched = |rule: Rule, operations: Vec<PatchOperation>, changes: Vec<Change>| {
+        debug_assert!(changes.iter().all(|c| c.kind.rule() == rule));
+        match rules.mode(rule) {
+            Mode::Enforce => {
+                verdict.operations.extend(operations);
+                verdict.changes.extend(changes);
+            }
+            Mode::Warn => verdict.warned_changes.extend(changes),
+            Mode::Off => {}
         }
-        Mode::Warn => verdict.warned_changes.extend(changes),
-        Mode::Off => {}
     };
-    if rules.tolerations != Mode::Off {
+    if rules.mode(Rule::Tolerations) != Mode::Off {
         // An extra toleration the controller's list (or the policy, twice) already has is
         // required once: added one after another, the second would match the first.
         let mut required: Vec<RequiredToleration> = Vec::new();
@@ -542,9 +661,9 @@ fn judge(
             &mut operations,
             &mut changes,
         );
-        patched(rules.tolerations, operations, changes);
+        patched(Rule::Tolerations, operations, changes);
     }
-    if rules.resources != Mode::Off {
+    if rules.mode(Rule::Resources) != Mode::Off {
         let (mut operations, mut changes) = (Vec::new(), Vec::new());
         let pod_level = resources::pod_level_names(pod.resources.as_ref());
         let defaults = if pod_level.is_empty() {
@@ -571,7 +690,7 @@ fn judge(
                 );
             }
         }
-        patched(rules.resources, operations, changes);
+        patched(Rule::Resources, operations, changes);
     }
     verdict
 }
@@ -581,7 +700,7 @@ fn exemption(
     daemonset: &DaemonSet,
     request_namespace: Option<&str>,
     exemptions: &Exemptions,
-) -> Option<String> {
+) -> Option<Exemption> {
     let metadata = &daemonset.metadata;
     let annotated = metadata
         .annotations
@@ -589,7 +708,7 @@ fn exemption(
         .and_then(|a| a.get(EXCLUDE_ANNOTATION))
         .is_some_and(|v| v == "true");
     if annotated {
-        return Some(format!("annotation {EXCLUDE_ANNOTATION}=true"));
+        return Some(Exemption::Annotation);
     }
     let namespace = metadata
         .namespace
@@ -599,7 +718,7 @@ fn exemption(
     exemptions
         .namespaces
         .contains(namespace)
-        .then(|| format!("namespace {namespace} is exempt in the policy file"))
+        .then(|| Exemption::Namespace(namespace.to_owned()))
 }
 
 #[cfg(test)]
@@ -741,7 +860,7 @@ mod tests {
         let fields: Vec<&str> = verdict
             .violations
             .iter()
-            .map(|v| v.field.as_str())
+            .map(|v| v.error.field.as_str())
             .collect();
         assert_eq!(
             fields,
@@ -751,7 +870,7 @@ mod tests {
                 "spec.template.spec.containers[0].resources.limits[cpu]",
             ]
         );
-        let message = invalid_message("agent", &verdict.violations);
+        let message = invalid_message("agent", verdict.errors());
         assert!(message.starts_with(r#"DaemonSet.apps "agent" is invalid: [spec.template.metadata.labels: Invalid value: {"app.kubernetes.io/name":"agent","tier":"node"}: `selector` does not match template `labels`, spec.template.spec.restartPolicy: Unsupported value: "Never": supported values: "Always", "#), "{message}");
     }
 
@@ -958,9 +1077,9 @@ mod tests {
     #[test]
     fn warn_mode_reports_without_denying_or_patching() {
         let mut policy = Policy::default();
-        policy.rules.restart_policy = Mode::Warn;
-        policy.rules.resources = Mode::Warn;
-        policy.rules.tolerations = Mode::Warn;
+        policy.rules.set(Rule::RestartPolicy, Mode::Warn);
+        policy.rules.set(Rule::Resources, Mode::Warn);
+        policy.rules.set(Rule::Tolerations, Mode::Warn);
         let mut object = plain();
         object["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
         let verdict = review(&object, None, &policy);
@@ -969,7 +1088,7 @@ mod tests {
         let fields: Vec<&str> = verdict
             .warned_violations
             .iter()
-            .map(|v| v.field.as_str())
+            .map(|v| v.error.field.as_str())
             .collect();
         assert_eq!(
             fields,
@@ -1000,8 +1119,8 @@ mod tests {
     #[test]
     fn off_mode_skips_the_rule_entirely() {
         let mut policy = Policy::default();
-        policy.rules.resources = Mode::Off;
-        policy.rules.selector = Mode::Off;
+        policy.rules.set(Rule::Resources, Mode::Off);
+        policy.rules.set(Rule::Selector, Mode::Off);
         let mut object = plain();
         object["spec"]["selector"] = json!({});
         let verdict = review(&object, None, &policy);
@@ -1019,12 +1138,12 @@ mod tests {
     #[test]
     fn enforce_mode_still_denies_what_warn_mode_only_reports() {
         let mut policy = Policy::default();
-        policy.rules.selector = Mode::Warn;
+        policy.rules.set(Rule::Selector, Mode::Warn);
         let mut object = plain();
         object["spec"]["selector"] = json!({});
         let verdict = review(&object, None, &policy);
         assert!(!verdict.allowed(), "the quantity rule still enforces");
-        assert_eq!(verdict.warned_violations[0].field, "spec.selector");
+        assert_eq!(verdict.warned_violations[0].error.field, "spec.selector");
     }
 
     #[test]
@@ -1038,8 +1157,8 @@ mod tests {
         let by_object_namespace = review(&object, None, &policy);
         assert!(by_object_namespace.allowed() && by_object_namespace.operations.is_empty());
         assert_eq!(
-            by_object_namespace.exemption.as_deref(),
-            Some("namespace kube-system is exempt in the policy file")
+            by_object_namespace.exemption,
+            Some(Exemption::Namespace("kube-system".to_owned()))
         );
         // An object without a namespace is in the request's (or, offline, the assumed) one.
         let mut unnamespaced = object.clone();
@@ -1058,10 +1177,7 @@ mod tests {
         let mut annotated = plain();
         annotated["metadata"]["annotations"] = json!({ EXCLUDE_ANNOTATION: "true" });
         let verdict = review(&annotated, Some("other"), &Policy::default());
-        assert_eq!(
-            verdict.exemption.as_deref(),
-            Some("annotation daemonset-webhook.io/exclude=true")
-        );
+        assert_eq!(verdict.exemption, Some(Exemption::Annotation));
         assert_eq!(
             verdict.warnings(false),
             [

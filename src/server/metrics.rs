@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::policy::{ChangeKind, Verdict};
+use crate::policy::{ChangeKind, Exemption, Rule, Verdict, Violation};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -124,8 +124,12 @@ from_values!(KindLabels { kind });
 from_values!(ReasonLabels { reason });
 from_values!(ResultLabels { result });
 
-/// The rule names of violation metrics: the policy's rules and objects it cannot read.
-const VIOLATION_RULES: [&str; 4] = ["selector", "restartPolicy", "resources", "unreadable"];
+/// The `rule` label of a violation of no rule: an object that could not be read.
+const UNREADABLE: &str = "unreadable";
+
+fn violation_rule(violation: &Violation) -> &'static str {
+    violation.rule.map_or(UNREADABLE, Rule::as_str)
+}
 const MUTATION_KINDS: [&str; 3] = ["toleration", "limits", "requests"];
 
 impl Default for Metrics {
@@ -254,18 +258,25 @@ impl Metrics {
                     .get_or_create(&labels(&[webhook, allowed, code]));
             }
         }
-        for rule in VIOLATION_RULES {
+        // Every rule may deny (an invalid quantity is the resources rule's), and an object
+        // may be unreadable.
+        for rule in Rule::ALL.map(Rule::as_str).into_iter().chain([UNREADABLE]) {
             let _ = self.violations.get_or_create(&labels(&[rule]));
         }
-        for rule in crate::policy::RULE_NAMES {
+        for rule in Rule::ALL {
             for action in ["deny", "warn", "patch"] {
-                let _ = self.decisions.get_or_create(&labels(&[rule, action]));
+                let _ = self
+                    .decisions
+                    .get_or_create(&labels(&[rule.as_str(), action]));
             }
         }
         for kind in MUTATION_KINDS {
             let _ = self.mutations.get_or_create(&labels(&[kind]));
         }
-        for reason in ["namespace", "annotation"] {
+        for reason in [Exemption::Namespace(String::new()), Exemption::Annotation]
+            .iter()
+            .map(Exemption::reason)
+        {
             let _ = self.exemptions.get_or_create(&labels(&[reason]));
         }
         for result in ["success", "error"] {
@@ -300,27 +311,29 @@ impl Metrics {
             return;
         };
         if let Some(exemption) = &verdict.exemption {
-            let reason = if exemption.starts_with("annotation") {
-                "annotation"
-            } else {
-                "namespace"
-            };
-            self.exemptions.get_or_create(&labels(&[reason])).inc();
+            self.exemptions
+                .get_or_create(&labels(&[exemption.reason()]))
+                .inc();
             return;
         }
         let mut denied: Vec<&str> = Vec::new();
         for violation in &verdict.violations {
-            let rule = Verdict::violation_rule(violation);
+            let rule = violation_rule(violation);
             self.violations.get_or_create(&labels(&[rule])).inc();
             denied.push(rule);
         }
         let mut warned: Vec<&str> = Vec::new();
         for violation in &verdict.warned_violations {
-            let rule = Verdict::violation_rule(violation);
+            let rule = violation_rule(violation);
             self.violations.get_or_create(&labels(&[rule])).inc();
             warned.push(rule);
         }
-        warned.extend(verdict.warned_changes.iter().map(|c| change_rule(c.kind)));
+        warned.extend(
+            verdict
+                .warned_changes
+                .iter()
+                .map(|c| c.kind.rule().as_str()),
+        );
         let patched: Vec<&str> = if webhook == WEBHOOKS[0] && verdict.allowed() {
             for change in &verdict.changes {
                 let kinds: &[&str] = match change.kind {
@@ -335,7 +348,7 @@ impl Metrics {
             verdict
                 .changes
                 .iter()
-                .map(|c| change_rule(c.kind))
+                .map(|c| c.kind.rule().as_str())
                 .collect()
         } else {
             Vec::new()
@@ -378,13 +391,6 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
-    }
-}
-
-fn change_rule(kind: ChangeKind) -> &'static str {
-    match kind {
-        ChangeKind::TolerationAdded | ChangeKind::TolerationUpdated => "tolerations",
-        ChangeKind::Limit | ChangeKind::LimitAndRequest => "resources",
     }
 }
 

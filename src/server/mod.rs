@@ -31,7 +31,7 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::admission::{self, Endpoint, EnvelopeError, ReviewOutcome};
-use crate::policy::{ChangeKind, Policy};
+use crate::policy::{ChangeKind, Decision, Policy, Verdict};
 use metrics::Metrics;
 
 /// The largest AdmissionReview accepted.
@@ -214,8 +214,8 @@ async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Respon
 fn log_review(webhook: &'static str, outcome: &ReviewOutcome, latency: Duration) {
     let summary = &outcome.summary;
     let verdict = outcome.verdict.as_ref();
-    let decision = match verdict {
-        Some(v) if v.exemption.is_some() => "exempt",
+    let decision = match verdict.map(Verdict::decision) {
+        Some(Decision::Exempt(_)) => "exempt",
         _ if !summary.allowed => "denied",
         _ if summary.patch_operations > 0 => "patched",
         _ => "allowed",
@@ -238,7 +238,7 @@ fn log_review(webhook: &'static str, outcome: &ReviewOutcome, latency: Duration)
             v.violations
                 .iter()
                 .chain(&v.warned_violations)
-                .map(|e| e.field.as_str())
+                .map(|e| e.error.field.as_str())
                 .collect::<Vec<_>>()
                 .join(",")
         })
