@@ -387,22 +387,16 @@ fn run_review(args: &ReviewArgs) -> ExitCode {
         EndpointArg::Validate => admission::Endpoint::Validate,
     };
     let answer = if body.len() > admission::MAX_REVIEW_BYTES {
-        Err(admission::EnvelopeError::new(
-            http::StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body is larger than {} bytes",
-                admission::MAX_REVIEW_BYTES
-            ),
-        ))
+        Err(admission::EnvelopeError::too_large())
     } else {
         admission::review(&body, endpoint, &policy)
     };
     let mut stdout = std::io::stdout().lock();
     match answer {
-        Ok(outcome) => {
-            let _ = stdout.write_all(&outcome.body);
+        Ok(reviewed) => {
+            let _ = stdout.write_all(&reviewed.body);
             let _ = stdout.write_all(b"\n");
-            ExitCode::from(if outcome.response.allowed { 0 } else { 1 })
+            ExitCode::from(if reviewed.record.allowed { 0 } else { 1 })
         }
         Err(error) => {
             let _ = stdout.write_all(&error.to_status_json());

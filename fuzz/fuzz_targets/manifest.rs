@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
             };
             if verdict.allowed() {
                 let mut patched = object.into_owned();
-                json_patch::patch(&mut patched, verdict.patch()).expect("the patch applies");
+                json_patch::patch(&mut patched, &verdict.patch().to_json_patch())
+                    .expect("the patch applies");
             }
         }
     });

@@ -35,7 +35,7 @@ pub const EXIT_INPUT_ERROR: u8 = 2;
 
 /// How one DaemonSet was judged.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Finding {
+pub struct Finding<'p> {
     pub file: String,
     /// 1-based index of the document in its stream, and the line it starts on.
     pub document: usize,
@@ -48,7 +48,7 @@ pub struct Finding {
     /// Set when the object was converted to apps/v1 to be judged.
     pub note: Option<&'static str>,
     /// `None` when the apiVersion is not one Kubernetes ever served DaemonSets in.
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<Verdict<'p>>,
 }
 
 /// What `check` concludes about a finding.
@@ -76,7 +76,7 @@ impl Status {
     }
 }
 
-impl Finding {
+impl Finding<'_> {
     pub fn status(&self) -> Status {
         match self.verdict.as_ref().map(Verdict::decision) {
             None => Status::Unsupported,
@@ -308,11 +308,11 @@ fn check_input(
 
 /// Judges one object: `None` if it is not a DaemonSet, else its apiVersion, the conversion note
 /// and the verdict (`None` for an apiVersion that never served DaemonSets).
-pub fn judge(
+pub fn judge<'p>(
     object: &Value,
     namespace: Option<&str>,
-    policy: &Policy,
-) -> Option<(String, Option<&'static str>, Option<Verdict>)> {
+    policy: &'p Policy,
+) -> Option<(String, Option<&'static str>, Option<Verdict<'p>>)> {
     let api_version = text_at(object, "/apiVersion");
     Some(match as_apps_v1(object)? {
         Ok(converted) => (
@@ -327,7 +327,7 @@ pub fn judge(
 /// Applies each valid finding's patch to its object in the document. The patch's paths lie
 /// under `spec.template.spec`, which conversion to apps/v1 does not move, so the patch of the
 /// converted object applies to the original.
-fn apply_patches(document: &mut Value, findings: &[Finding]) {
+fn apply_patches(document: &mut Value, findings: &[Finding<'_>]) {
     for finding in findings {
         let Some(verdict) = finding.verdict.as_ref().filter(|v| v.allowed()) else {
             continue;
@@ -338,7 +338,7 @@ fn apply_patches(document: &mut Value, findings: &[Finding]) {
         };
         if let Some(target) = target {
             // json_patch::patch is atomic: on failure the object is left as it was.
-            let _ = json_patch::patch(target, verdict.patch());
+            let _ = json_patch::patch(target, &verdict.patch().to_json_patch());
         }
     }
 }
@@ -347,6 +347,8 @@ fn apply_patches(document: &mut Value, findings: &[Finding]) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    static POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
     fn daemonset(api_version: &str) -> Value {
         json!({
@@ -366,12 +368,12 @@ mod tests {
     fn apps_v1_is_judged_as_it_is() {
         let mut object = daemonset("apps/v1");
         object["spec"]["selector"] = json!({ "matchLabels": { "app": "agent" } });
-        let (api_version, note, verdict) = judge(&object, None, &Policy::default()).unwrap();
+        let (api_version, note, verdict) = judge(&object, None, &POLICY).unwrap();
         assert_eq!(api_version, "apps/v1");
         assert!(note.is_none());
         let verdict = verdict.unwrap();
         assert!(verdict.allowed());
-        assert_eq!(verdict, policy::review(&object, None, &Policy::default()));
+        assert_eq!(verdict, policy::review(&object, None, &POLICY));
     }
 
     #[test]
@@ -383,27 +385,25 @@ mod tests {
             converted.object["spec"]["selector"],
             json!({ "matchLabels": { "app": "agent" } })
         );
-        let (_, note, verdict) = judge(&object, None, &Policy::default()).unwrap();
+        let (_, note, verdict) = judge(&object, None, &POLICY).unwrap();
         assert!(note.unwrap().contains("extensions/v1beta1"));
         assert!(verdict.unwrap().allowed());
     }
 
     #[test]
     fn apps_v1beta2_keeps_its_missing_selector_and_is_invalid() {
-        let (_, note, verdict) =
-            judge(&daemonset("apps/v1beta2"), None, &Policy::default()).unwrap();
+        let (_, note, verdict) = judge(&daemonset("apps/v1beta2"), None, &POLICY).unwrap();
         assert!(note.unwrap().contains("apps/v1beta2"));
         assert!(!verdict.unwrap().allowed());
     }
 
     #[test]
     fn unknown_versions_are_unsupported_and_other_kinds_are_not_daemonsets() {
-        let (api_version, _, verdict) =
-            judge(&daemonset("apps/v2"), None, &Policy::default()).unwrap();
+        let (api_version, _, verdict) = judge(&daemonset("apps/v2"), None, &POLICY).unwrap();
         assert_eq!(api_version, "apps/v2");
         assert!(verdict.is_none());
-        assert!(judge(&json!({ "kind": "Deployment" }), None, &Policy::default()).is_none());
-        assert!(judge(&json!("text"), None, &Policy::default()).is_none());
+        assert!(judge(&json!({ "kind": "Deployment" }), None, &POLICY).is_none());
+        assert!(judge(&json!("text"), None, &POLICY).is_none());
     }
 
     #[test]
@@ -424,7 +424,7 @@ mod tests {
         let mut object = daemonset("apps/v1");
         object["spec"]["selector"] = json!({ "matchLabels": { "app": "agent" } });
         let mut list = json!({ "apiVersion": "v1", "kind": "List", "items": [{ "kind": "ConfigMap" }, object] });
-        let verdict = policy::review(&list["items"][1], None, &Policy::default());
+        let verdict = policy::review(&list["items"][1], None, &POLICY);
         let finding = Finding {
             file: "f".into(),
             document: 1,
@@ -446,8 +446,8 @@ mod tests {
             6
         );
         assert!(
-            policy::review(&list["items"][1], None, &Policy::default())
-                .operations
+            policy::review(&list["items"][1], None, &POLICY)
+                .patch()
                 .is_empty()
         );
     }

@@ -6,6 +6,7 @@ use std::io::Write;
 use serde_json::{Value, json};
 
 use super::{Finding, InputError, Options, Status, Summary};
+use crate::admission::fit_warnings;
 use crate::policy::{ChangeKind, invalid_message};
 
 /// `--output`.
@@ -172,7 +173,11 @@ impl<'a> Reporter<'a> {
                     self.err,
                     "invalid: {}: {}",
                     finding.location(),
-                    invalid_message(&finding.name, verdict.errors())
+                    invalid_message(
+                        &finding.name,
+                        verdict.errors(),
+                        verdict.violations.omitted()
+                    )
                 );
             }
             Status::Unsupported => {
@@ -209,7 +214,7 @@ impl<'a> Reporter<'a> {
         match (&finding.verdict, status) {
             (None, _) => block.push_str(&format!("    {}\n", unsupported_message(finding))),
             (Some(verdict), Status::Exempt) => {
-                for warning in verdict.warnings(false) {
+                for warning in fit_warnings(verdict.warning_lines(false)) {
                     block.push_str(&format!("    {warning}\n"));
                 }
             }
@@ -217,14 +222,19 @@ impl<'a> Reporter<'a> {
                 for violation in &verdict.violations {
                     block.push_str(&format!("    - {violation}\n"));
                 }
+                if verdict.violations.omitted() > 0 {
+                    block.push_str(&format!(
+                        "    - and {} more errors\n",
+                        verdict.violations.omitted()
+                    ));
+                }
             }
             (Some(verdict), _) => {
                 // The standard tolerations in one line; each of the rest on its own.
-                let added: Vec<&str> = verdict
-                    .changes
-                    .iter()
-                    .filter(|c| c.kind == ChangeKind::TolerationAdded)
-                    .map(|c| c.subject.as_str())
+                let added: Vec<String> = verdict
+                    .changes()
+                    .filter(|c| c.kind() == ChangeKind::TolerationAdded)
+                    .map(|c| c.subject().to_string())
                     .collect();
                 if !added.is_empty() {
                     block.push_str(&format!(
@@ -233,11 +243,10 @@ impl<'a> Reporter<'a> {
                     ));
                 }
                 for change in verdict
-                    .changes
-                    .iter()
-                    .filter(|c| c.kind != ChangeKind::TolerationAdded)
+                    .changes()
+                    .filter(|c| c.kind() != ChangeKind::TolerationAdded)
                 {
-                    block.push_str(&format!("    + {}\n", change.message));
+                    block.push_str(&format!("    + {}\n", change.message()));
                 }
             }
         }
@@ -252,10 +261,10 @@ impl<'a> Reporter<'a> {
                     "    ! would be denied (policy mode warn): {violation}\n"
                 ));
             }
-            for change in &verdict.warned_changes {
+            for change in verdict.warned_changes() {
                 block.push_str(&format!(
                     "    ! not applied (policy mode warn): {}\n",
-                    change.message
+                    change.message()
                 ));
             }
         }
@@ -358,21 +367,21 @@ fn finding_json(finding: &Finding) -> Value {
         "status": status.as_str(),
         "note": finding.note,
         "message": match status {
-            Status::Invalid => verdict.map(|v| invalid_message(&finding.name, v.errors())),
+            Status::Invalid => verdict.map(|v| invalid_message(&finding.name, v.errors(), v.violations.omitted())),
             Status::Unsupported => Some(unsupported_message(finding)),
             Status::Complete | Status::Incomplete | Status::Exempt => None,
         },
-        "warnings": verdict.map(|v| v.warnings(true)).unwrap_or_default(),
+        "warnings": verdict.map(|v| fit_warnings(v.warning_lines(true))).unwrap_or_default(),
         "violations": verdict.map(|v| v.violations.iter().map(|violation| json!({
             "field": violation.error.field,
             "type": violation.error.cause_type(),
             "message": violation.error.body(),
         })).collect::<Vec<_>>()).unwrap_or_default(),
-        "changes": verdict.map(|v| v.changes.iter().map(|change| json!({
-            "kind": change.kind.as_str(),
-            "subject": change.subject,
-            "message": change.message,
+        "changes": verdict.map(|v| v.changes().map(|change| json!({
+            "kind": change.kind().as_str(),
+            "subject": change.subject().to_string(),
+            "message": change.message().to_string(),
         })).collect::<Vec<_>>()).unwrap_or_default(),
-        "patch": verdict.map(|v| v.patch()).unwrap_or_default(),
+        "patch": verdict.map_or_else(|| json!([]), |v| serde_json::to_value(v.patch()).unwrap_or_default()),
     })
 }

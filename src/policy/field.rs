@@ -5,7 +5,6 @@
 //! Go `string` with `%q`, everything else (maps, structs, named string types) as Go's
 //! `json.Marshal` output.
 
-use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 /// A field path such as `spec.template.spec.containers[0].resources.limits[cpu]`.
@@ -169,31 +168,91 @@ impl fmt::Display for FieldError {
     }
 }
 
-/// `ErrorList.ToAggregate().Error()`: one message alone, several as `[a, b]`, exact duplicates
-/// dropped.
-pub fn aggregate<'e>(errors: impl IntoIterator<Item = &'e FieldError>) -> String {
-    let mut seen: Vec<String> = Vec::new();
-    for message in errors.into_iter().map(FieldError::to_string) {
-        if !seen.contains(&message) {
-            seen.push(message);
+/// A `field.ErrorList` with a bound: the first [`ErrorList::MAX`] errors are kept, the rest
+/// only counted, so that an object with a million bad labels costs time, not memory, and its
+/// answer stays small.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorList {
+    errors: Vec<FieldError>,
+    omitted: usize,
+}
+
+impl ErrorList {
+    /// Errors kept, as many as any person reads.
+    pub const MAX: usize = 100;
+
+    pub fn push(&mut self, error: FieldError) {
+        self.push_with(|| error);
+    }
+
+    /// Adds the error `make` builds, building it only if it is kept.
+    pub fn push_with(&mut self, make: impl FnOnce() -> FieldError) {
+        if self.errors.len() < Self::MAX {
+            self.errors.push(make());
+        } else {
+            self.omitted += 1;
         }
     }
-    match seen.len() {
-        1 => seen.remove(0),
-        _ => format!("[{}]", seen.join(", ")),
+
+    /// Errors found, kept or not.
+    pub fn len(&self) -> usize {
+        self.errors.len() + self.omitted
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The errors kept, in the order found.
+    pub fn kept(&self) -> &[FieldError] {
+        &self.errors
+    }
+
+    /// Errors found beyond those kept.
+    pub fn omitted(&self) -> usize {
+        self.omitted
+    }
+
+    #[cfg(test)]
+    pub fn into_vec(self) -> Vec<FieldError> {
+        assert_eq!(self.omitted, 0, "test lists stay within the bound");
+        self.errors
+    }
+}
+
+/// `ErrorList.ToAggregate().Error()`: one message alone, several as `[a, b]`, exact duplicates
+/// dropped; `omitted` errors not listed are counted at the end (`[a, b, and 7 more errors]`).
+pub fn aggregate<'e>(errors: impl IntoIterator<Item = &'e FieldError>, omitted: usize) -> String {
+    let mut seen = std::collections::HashSet::new();
+    let mut messages: Vec<String> = Vec::new();
+    for message in errors.into_iter().map(FieldError::to_string) {
+        if seen.insert(message.clone()) {
+            messages.push(message);
+        }
+    }
+    if omitted > 0 {
+        messages.push(format!("and {omitted} more errors"));
+    }
+    match messages.len() {
+        1 => messages.remove(0),
+        _ => format!("[{}]", messages.join(", ")),
     }
 }
 
 /// `apierrors.NewInvalid(...).Error()` for a DaemonSet: `DaemonSet.apps "<name>" is invalid: ...`.
-pub fn invalid_message<'e>(name: &str, errors: impl IntoIterator<Item = &'e FieldError>) -> String {
+pub fn invalid_message<'e>(
+    name: &str,
+    errors: impl IntoIterator<Item = &'e FieldError>,
+    omitted: usize,
+) -> String {
     let mut errors = errors.into_iter().peekable();
-    if errors.peek().is_none() {
+    if errors.peek().is_none() && omitted == 0 {
         format!("DaemonSet.apps {} is invalid", go_quote(name))
     } else {
         format!(
             "DaemonSet.apps {} is invalid: {}",
             go_quote(name),
-            aggregate(errors)
+            aggregate(errors, omitted)
         )
     }
 }
@@ -275,13 +334,14 @@ pub fn go_json_string(s: &str) -> String {
     out
 }
 
-/// Go's `json.Marshal` of a `map[string]string` (keys sorted; a nil map is `null`).
-pub fn go_json_string_map(map: Option<&BTreeMap<String, String>>) -> String {
+/// Go's `json.Marshal` of a `map[string]string`, given its entries sorted by key (as Go sorts
+/// them); a nil map is `null`.
+pub fn go_json_string_map<'a>(map: Option<impl IntoIterator<Item = (&'a str, &'a str)>>) -> String {
     let Some(map) = map else {
         return "null".to_owned();
     };
     let mut out = String::from("{");
-    for (i, (key, value)) in map.iter().enumerate() {
+    for (i, (key, value)) in map.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -296,6 +356,7 @@ pub fn go_json_string_map(map: Option<&BTreeMap<String, String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn paths_render_like_field_path() {
@@ -349,21 +410,45 @@ mod tests {
         let one = FieldError::required(&p, "x");
         let two = FieldError::required(&p, "y");
         assert_eq!(
-            aggregate(std::slice::from_ref(&one)),
+            aggregate(std::slice::from_ref(&one), 0),
             "a: Required value: x"
         );
         assert_eq!(
-            aggregate(&[one.clone(), one.clone()]),
+            aggregate(&[one.clone(), one.clone()], 0),
             "a: Required value: x"
         );
         assert_eq!(
-            aggregate(&[one.clone(), two.clone(), one]),
+            aggregate(&[one.clone(), two.clone(), one.clone()], 0),
             "[a: Required value: x, a: Required value: y]"
         );
         assert_eq!(
-            invalid_message("ds", &[two]),
+            invalid_message("ds", &[two], 0),
             r#"DaemonSet.apps "ds" is invalid: a: Required value: y"#
         );
+        assert_eq!(
+            invalid_message("ds", &[one], 3),
+            r#"DaemonSet.apps "ds" is invalid: [a: Required value: x, and 3 more errors]"#
+        );
+    }
+
+    #[test]
+    fn error_lists_keep_a_bounded_number_and_count_the_rest() {
+        let mut list = ErrorList::default();
+        let mut built = 0;
+        for i in 0..ErrorList::MAX + 5 {
+            list.push_with(|| {
+                built += 1;
+                FieldError::required(&Path::new("a").index(i), "")
+            });
+        }
+        assert_eq!(
+            built,
+            ErrorList::MAX,
+            "errors beyond the bound are not built"
+        );
+        assert_eq!(list.kept().len(), ErrorList::MAX);
+        assert_eq!(list.omitted(), 5);
+        assert_eq!(list.len(), ErrorList::MAX + 5);
     }
 
     #[test]
@@ -385,11 +470,14 @@ mod tests {
         let mut labels = BTreeMap::new();
         labels.insert("tier".to_owned(), "web".to_owned());
         labels.insert("app".to_owned(), "x".to_owned());
+        fn entries(map: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
+            map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+        }
         assert_eq!(
-            go_json_string_map(Some(&labels)),
+            go_json_string_map(Some(entries(&labels))),
             r#"{"app":"x","tier":"web"}"#
         );
-        assert_eq!(go_json_string_map(None), "null");
-        assert_eq!(go_json_string_map(Some(&BTreeMap::new())), "{}");
+        assert_eq!(go_json_string_map(None::<Vec<(&str, &str)>>), "null");
+        assert_eq!(go_json_string_map(Some(entries(&BTreeMap::new()))), "{}");
     }
 }

@@ -1,28 +1,28 @@
 //! The policy: what makes a DaemonSet valid and what to patch into it. Pure functions of the
 //! object and the configuration; no I/O, no async, no clock.
 //!
-//! The object is read twice over: as k8s-openapi's typed `DaemonSet` to decide, and as raw JSON
-//! for where the typed view cannot tell (absent versus empty `spec.selector`) and for patch
-//! paths. The patch only ever adds or removes what a rule owns, so fields our types do not know
-//! (from a newer Kubernetes) are never touched.
+//! The object is decoded once ([`object`]) into only the fields the rules read. Each rule is a
+//! module of its own ([`selector`], [`restart_policy`], [`tolerations`], [`resources`]) that
+//! reports its violations and changes; [`judge`] calls them in turn. The patch only ever adds or
+//! removes what a rule owns, so fields our types do not know (from a newer Kubernetes) are never
+//! touched.
 
 pub mod field;
+pub mod object;
+pub mod patch;
 pub mod quantity;
 pub mod resources;
 pub mod restart_policy;
 pub mod selector;
 pub mod tolerations;
 
-use std::collections::BTreeMap;
+use std::fmt;
 
-use json_patch::PatchOperation;
-use jsonptr::PointerBuf;
-use k8s_openapi::api::apps::v1::DaemonSet;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
 
-pub use field::{FieldError, invalid_message};
+pub use field::{ErrorList, FieldError, invalid_message};
+use object::DaemonSet;
+pub use patch::Patch;
 pub use resources::{DefaultQuantity, ResourceDefaults};
 pub use tolerations::RequiredToleration;
 
@@ -230,38 +230,158 @@ impl ChangeKind {
     }
 }
 
-/// One change the patch makes, explained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub kind: ChangeKind,
-    /// What changed, briefly: `node.kubernetes.io/not-ready:NoExecute`, `container "app" cpu`.
-    pub subject: String,
-    /// One line for `response.warnings`.
-    pub message: String,
+/// One change the patch makes (or, for a rule in warn mode, would make).
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    Toleration(&'a tolerations::TolerationChange<'a>),
+    Resource(resources::ResourceChange<'a, 'a>),
 }
 
-/// The policy's judgement of one DaemonSet.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Verdict {
+impl<'a> Change<'a> {
+    pub fn kind(&self) -> ChangeKind {
+        match self {
+            Change::Toleration(change) => change.kind(),
+            Change::Resource(change) => change.kind(),
+        }
+    }
+
+    pub fn rule(&self) -> Rule {
+        self.kind().rule()
+    }
+
+    /// What changed, briefly: `node.kubernetes.io/not-ready:NoExecute`, `container "app" cpu`.
+    pub fn subject(self) -> impl fmt::Display + 'a {
+        ChangeText {
+            change: self,
+            message: false,
+        }
+    }
+
+    /// One line for `response.warnings`.
+    pub fn message(self) -> impl fmt::Display + 'a {
+        ChangeText {
+            change: self,
+            message: true,
+        }
+    }
+}
+
+struct ChangeText<'a> {
+    change: Change<'a>,
+    message: bool,
+}
+
+impl fmt::Display for ChangeText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.change, self.message) {
+            (Change::Toleration(c), false) => c.subject().fmt(f),
+            (Change::Toleration(c), true) => c.message().fmt(f),
+            (Change::Resource(c), false) => c.subject().fmt(f),
+            (Change::Resource(c), true) => c.message().fmt(f),
+        }
+    }
+}
+
+/// Violations found, the first [`ErrorList::MAX`] kept and the rest counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations {
+    kept: Vec<Violation>,
+    omitted: usize,
+    /// Violations found per rule, kept or not: [`Rule::ALL`]'s order, then unreadable.
+    counts: [usize; Rule::ALL.len() + 1],
+}
+
+impl Violations {
+    /// Takes `rule`'s errors (`None`: the object could not be read).
+    fn extend(&mut self, rule: Option<Rule>, errors: ErrorList) {
+        self.counts[rule.map_or(Rule::ALL.len(), |r| r as usize)] += errors.len();
+        self.omitted += errors.omitted();
+        for error in errors.kept() {
+            if self.kept.len() < ErrorList::MAX {
+                self.kept.push(Violation {
+                    rule,
+                    error: error.clone(),
+                });
+            } else {
+                self.omitted += 1;
+            }
+        }
+    }
+
+    /// The violations kept, in the order found.
+    pub fn kept(&self) -> &[Violation] {
+        &self.kept
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Violation> {
+        self.kept.iter()
+    }
+
+    /// Violations found beyond those kept.
+    pub fn omitted(&self) -> usize {
+        self.omitted
+    }
+
+    /// Violations of `rule` found (`None`: the object could not be read), kept or not.
+    pub fn count(&self, rule: Option<Rule>) -> usize {
+        self.counts[rule.map_or(Rule::ALL.len(), |r| r as usize)]
+    }
+
+    /// Violations found, kept or not.
+    pub fn len(&self) -> usize {
+        self.kept.len() + self.omitted
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The field errors kept.
+    pub fn errors(&self) -> impl Iterator<Item = &FieldError> {
+        self.kept.iter().map(|v| &v.error)
+    }
+}
+
+impl<'a> IntoIterator for &'a Violations {
+    type Item = &'a Violation;
+    type IntoIter = std::slice::Iter<'a, Violation>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.kept.iter()
+    }
+}
+
+/// A mutation rule's changes and the mode they were found in: only `enforce` patches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Mutated<T> {
+    mode: Mode,
+    mutation: T,
+}
+
+impl<T> Mutated<T> {
+    fn in_mode(&self, mode: Mode) -> Option<&T> {
+        (self.mode == mode).then_some(&self.mutation)
+    }
+}
+
+/// The policy's judgement of one DaemonSet. It borrows the policy (the tolerations and defaults
+/// it patches in), not the object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict<'p> {
     /// Why the object is invalid; empty when it is valid.
-    pub violations: Vec<Violation>,
-    /// The JSON Patch (RFC 6902) that completes a valid object; empty when nothing is missing.
-    pub operations: Vec<PatchOperation>,
-    /// The changes the operations make, one per thing changed.
-    pub changes: Vec<Change>,
+    pub violations: Violations,
     /// Violations of rules in `warn` mode: reported, not denied.
-    pub warned_violations: Vec<Violation>,
-    /// Changes rules in `warn` mode would make: reported, not patched.
-    pub warned_changes: Vec<Change>,
+    pub warned_violations: Violations,
+    tolerations: Mutated<tolerations::Mutation<'p>>,
+    resources: Mutated<resources::Mutation<'p>>,
     /// Why the object is exempt from the policy; then nothing else is set.
     pub exemption: Option<Exemption>,
+    /// Where keys the rules read are repeated in the object, as the API server's decoder reports
+    /// them (`spec.template.spec.containers[0].name`); the verdict is on their merged values.
+    pub repeated_keys: Vec<String>,
 }
 
-/// Kubernetes' limits on admission warnings.
-pub const MAX_WARNING_LENGTH: usize = 256;
-pub const MAX_WARNINGS_TOTAL: usize = 4096;
-
-impl Verdict {
+impl<'p> Verdict<'p> {
     pub fn allowed(&self) -> bool {
         self.violations.is_empty()
     }
@@ -270,266 +390,180 @@ impl Verdict {
         match &self.exemption {
             Some(exemption) => Decision::Exempt(exemption),
             None if !self.allowed() => Decision::Deny,
-            None if !self.operations.is_empty() => Decision::Patch,
+            None if self.operations().next().is_some() => Decision::Patch,
             None => Decision::Allow,
         }
     }
 
-    /// The violations' field errors, in order.
+    /// The enforced violations' field errors, in order.
     pub fn errors(&self) -> impl Iterator<Item = &FieldError> {
-        self.violations.iter().map(|v| &v.error)
+        self.violations.errors()
     }
 
-    pub fn patch(&self) -> &[PatchOperation] {
-        &self.operations
+    fn changes_in(&self, mode: Mode) -> impl Iterator<Item = Change<'_>> {
+        let tolerations = self.tolerations.in_mode(mode).into_iter();
+        let resources = self.resources.in_mode(mode).into_iter();
+        tolerations
+            .flat_map(|m| m.changes.iter().map(Change::Toleration))
+            .chain(resources.flat_map(|m| m.changes().map(Change::Resource)))
     }
 
-    /// The lines for `response.warnings`: the exemption, warned violations, and (with
-    /// `mutations`) the changes made and those only warned about. Each within 256 characters
-    /// and all within 4096; lines beyond that are counted in a last line, not dropped silently.
-    pub fn warnings(&self, mutations: bool) -> Vec<String> {
-        let mut lines: Vec<String> = Vec::new();
-        if let Some(exemption) = &self.exemption {
-            lines.push(format!(
-                "daemonset-webhook: exempt ({exemption}); allowed untouched"
-            ));
-        }
-        lines.extend(
-            self.warned_violations
-                .iter()
-                .map(|v| format!("would be denied (policy mode warn): {v}")),
-        );
-        if mutations {
-            lines.extend(self.changes.iter().map(|c| c.message.clone()));
-            lines.extend(
-                self.warned_changes
-                    .iter()
-                    .map(|c| format!("not applied (policy mode warn): {}", c.message)),
+    /// The changes the patch makes, one per thing changed.
+    pub fn changes(&self) -> impl Iterator<Item = Change<'_>> {
+        self.changes_in(Mode::Enforce)
+    }
+
+    /// The changes rules in `warn` mode would make: reported, not patched.
+    pub fn warned_changes(&self) -> impl Iterator<Item = Change<'_>> {
+        self.changes_in(Mode::Warn)
+    }
+
+    /// The JSON Patch operations, in order: tolerations, then resources.
+    pub fn operations(&self) -> impl Iterator<Item = patch::Operation<'_>> {
+        let tolerations = self.tolerations.in_mode(Mode::Enforce).into_iter();
+        let resources = self.resources.in_mode(Mode::Enforce).into_iter();
+        tolerations
+            .flat_map(tolerations::Mutation::operations)
+            .chain(resources.flat_map(resources::Mutation::operations))
+    }
+
+    /// The JSON Patch (RFC 6902) that completes a valid object; empty when nothing is missing.
+    pub fn patch(&self) -> Patch<'_> {
+        Patch(self.operations().collect())
+    }
+
+    /// The lines explaining the verdict, for `response.warnings`: repeated keys, the
+    /// exemption, warned violations, and (with `mutations`) the changes made and those only
+    /// warned about. Not yet fitted to the API server's limits (the envelope does that).
+    pub fn warning_lines(&self, mutations: bool) -> impl Iterator<Item = WarningLine<'_>> {
+        let repeated = self
+            .repeated_keys
+            .iter()
+            .map(|path| WarningLine::RepeatedKey(path));
+        let exemption = self.exemption.iter().map(WarningLine::Exempt);
+        let warned = self
+            .warned_violations
+            .iter()
+            .map(WarningLine::WarnedViolation)
+            .chain(
+                (self.warned_violations.omitted() > 0)
+                    .then_some(WarningLine::WarnedOmitted(self.warned_violations.omitted())),
             );
-        }
-        fit_warnings(lines)
-    }
-
-    /// A summary of the changes by kind: `tolerations-added`, `tolerations-updated`,
-    /// `limits-added`, `requests-added`, each listing what changed.
-    pub fn audit_annotations(&self, mutations: bool) -> BTreeMap<String, String> {
-        let mut groups: BTreeMap<&'static str, Vec<&str>> = BTreeMap::new();
-        if mutations {
-            for change in &self.changes {
-                let keys: &[&'static str] = match change.kind {
-                    ChangeKind::TolerationAdded => &["tolerations-added"],
-                    ChangeKind::TolerationUpdated => &["tolerations-updated"],
-                    ChangeKind::Limit => &["limits-added"],
-                    ChangeKind::LimitAndRequest => &["limits-added", "requests-added"],
-                };
-                for key in keys {
-                    groups.entry(key).or_default().push(&change.subject);
-                }
-            }
-            for change in &self.warned_changes {
-                groups
-                    .entry("warned-changes")
-                    .or_default()
-                    .push(&change.subject);
-            }
-        }
-        for violation in &self.violations {
-            groups
-                .entry("violations")
-                .or_default()
-                .push(&violation.error.field);
-        }
-        for violation in &self.warned_violations {
-            groups
-                .entry("warned-violations")
-                .or_default()
-                .push(&violation.error.field);
-        }
-        let exemption = self.exemption.as_ref().map(ToString::to_string);
-        if let Some(exemption) = &exemption {
-            groups.entry("exempt").or_default().push(exemption);
-        }
-        groups
-            .into_iter()
-            .map(|(key, subjects)| (key.to_owned(), truncate(&subjects.join(", "), 1024)))
-            .collect()
+        let changes = self
+            .changes()
+            .filter(move |_| mutations)
+            .map(WarningLine::Change);
+        let warned_changes = self
+            .warned_changes()
+            .filter(move |_| mutations)
+            .map(WarningLine::WarnedChange);
+        repeated
+            .chain(exemption)
+            .chain(warned)
+            .chain(changes)
+            .chain(warned_changes)
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
-/// Room kept for the summary line, longer than any it can be.
-const SUMMARY_RESERVE: usize = 96;
-
-/// Bounds `lines` as the API server bounds `response.warnings`: each line on one line and within
-/// 256 bytes, all within 4096. Lines that do not fit are counted in a last line, never dropped
-/// silently.
-fn fit_warnings(lines: Vec<String>) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let mut total = 0;
-    let count = lines.len();
-    for (i, line) in lines.into_iter().enumerate() {
-        let line = truncate(&one_line(&line), MAX_WARNING_LENGTH);
-        let remaining = count - i;
-        // The last line needs no room after it; any other keeps room for the summary.
-        let reserve = if remaining > 1 { SUMMARY_RESERVE } else { 0 };
-        if total + line.len() + reserve > MAX_WARNINGS_TOTAL {
-            warnings.push(format!(
-                "... and {remaining} more warnings; the patch and audit annotations have every change"
-            ));
-            break;
-        }
-        total += line.len();
-        warnings.push(line);
-    }
-    warnings
+/// One line explaining a verdict.
+#[derive(Debug, Clone, Copy)]
+pub enum WarningLine<'a> {
+    RepeatedKey(&'a str),
+    Exempt(&'a Exemption),
+    WarnedViolation(&'a Violation),
+    WarnedOmitted(usize),
+    Change(Change<'a>),
+    WarnedChange(Change<'a>),
 }
 
-/// Escapes control characters (a map key may hold a newline), since a warning becomes an HTTP
-/// `Warning` header and one line of `kubectl` output.
-fn one_line(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_owned();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
+impl fmt::Display for WarningLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The API server's own words for a repeated key in a request body.
+            WarningLine::RepeatedKey(path) => {
+                write!(f, "duplicate field {}", field::go_quote(path))
             }
-        })
-        .collect()
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
+            WarningLine::Exempt(exemption) => {
+                write!(
+                    f,
+                    "daemonset-webhook: exempt ({exemption}); allowed untouched"
+                )
+            }
+            WarningLine::WarnedViolation(v) => write!(f, "would be denied (policy mode warn): {v}"),
+            WarningLine::WarnedOmitted(n) => {
+                write!(f, "would be denied (policy mode warn): and {n} more errors")
+            }
+            WarningLine::Change(change) => change.message().fmt(f),
+            WarningLine::WarnedChange(change) => {
+                write!(f, "not applied (policy mode warn): {}", change.message())
+            }
+        }
     }
-    let mut end = max - "...".len();
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 /// Judges one DaemonSet given as a JSON value (a parsed manifest). `namespace` is the request's
-/// namespace where the object does not say.
-pub fn review(object: &Value, namespace: Option<&str>, policy: &Policy) -> Verdict {
-    judge(
-        serde_path_to_error::deserialize(object),
-        ObjectShape::deserialize(object).unwrap_or_default(),
-        namespace,
-        policy,
-    )
+/// namespace where the object does not say. The same engine as [`review_json`]: the value is
+/// written out as JSON and judged as an AdmissionReview's object is.
+pub fn review<'p>(object: &Value, namespace: Option<&str>, policy: &'p Policy) -> Verdict<'p> {
+    let text = object.to_string();
+    review_json(&text, namespace, policy)
+        .unwrap_or_else(|error| unreadable(&error.path, &error.message))
 }
 
-/// Judges one DaemonSet given as JSON text, as an AdmissionReview carries it. No tree of the
-/// whole object is built: the typed view skips fields it does not know without allocating, so
-/// a huge unknown field costs time, not memory.
-///
-/// Text that is not JSON at all (a bad escape, say, which skipping scanners let through) is an
-/// error rather than a verdict: it is the request that is malformed, not the DaemonSet.
-pub fn review_json(
+/// Text that is not JSON at all (a bad escape, say, which skipping scanners let through): it is
+/// the request that is malformed, not the DaemonSet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct NotJson {
+    /// Where in the object (`spec.template`), `.` for the whole.
+    pub path: String,
+    pub message: String,
+}
+
+/// Judges one DaemonSet given as JSON text, as an AdmissionReview carries it.
+pub fn review_json<'p>(
     object: &str,
     namespace: Option<&str>,
-    policy: &Policy,
-) -> Result<Verdict, serde_json::Error> {
-    let decoded = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(object));
-    if let Err(error) = &decoded {
-        let inner = error.inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return Err(serde_json::Error::io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {inner}", error.path()),
-            )));
+    policy: &'p Policy,
+) -> Result<Verdict<'p>, NotJson> {
+    match object::decode(object) {
+        Ok(decoded) => {
+            let mut verdict = judge(&decoded.daemon_set, namespace, policy);
+            if decoded.repeated_keys {
+                verdict.repeated_keys = object::repeated_keys(object);
+            }
+            Ok(verdict)
+        }
+        Err(_) => {
+            let error = match object::decode_with_path(object) {
+                Err(error) => error,
+                // The plain decode failed, so the tracked one does too; should it not, the
+                // object is still not one to judge.
+                Ok(()) => return Ok(unreadable(".", "not readable")),
+            };
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return Err(NotJson {
+                    path,
+                    message: inner.to_string(),
+                });
+            }
+            Ok(unreadable(&path, &without_position(&inner)))
         }
     }
-    Ok(judge(
-        decoded,
-        serde_json::from_str(object).unwrap_or_default(),
-        namespace,
-        policy,
-    ))
 }
 
-/// What the typed view cannot tell: k8s-openapi makes an absent `spec.selector` an empty one,
-/// and a patch may only add under a pod spec that exists as an object.
-#[derive(Debug, Default, Deserialize)]
-struct ObjectShape {
-    #[serde(default)]
-    spec: Option<SpecShape>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct SpecShape {
-    #[serde(default)]
-    selector: Given,
-    #[serde(default)]
-    template: Option<TemplateShape>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct TemplateShape {
-    #[serde(default)]
-    spec: Given,
-}
-
-/// Whether a field was absent, null, an object, or something else. Its content is skipped.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Given {
-    #[default]
-    Absent,
-    Null,
-    Object,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Given {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Given;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Given, E> {
-                Ok(Given::Null)
-            }
-            fn visit_none<E>(self) -> Result<Given, E> {
-                Ok(Given::Null)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Given, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Given::Object)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Given, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Given::Other)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Given, E> {
-                Ok(Given::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Given, E> {
-                Ok(Given::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Given, E> {
-                Ok(Given::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Given, E> {
-                Ok(Given::Other)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Given, E> {
-                Ok(Given::Other)
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
+/// The verdict on an object whose fields have the wrong JSON types where a rule reads them.
+fn unreadable<'p>(path: &str, message: &str) -> Verdict<'p> {
+    let mut errors = ErrorList::default();
+    errors.push(FieldError::type_invalid(
+        &field::Path::new(path),
+        format!("not readable as an apps/v1 DaemonSet: {message}"),
+    ));
+    let mut verdict = Verdict::default();
+    verdict.violations.extend(None, errors);
+    verdict
 }
 
 /// serde_json's message without " at line L column C": the position in the API server's
@@ -542,172 +576,80 @@ fn without_position(error: &serde_json::Error) -> String {
         .map_or_else(|| message.clone(), str::to_owned)
 }
 
-fn judge(
-    decoded: Result<DaemonSet, serde_path_to_error::Error<serde_json::Error>>,
-    shape: ObjectShape,
+/// The policy's judgement of a decoded DaemonSet: each rule in turn, in its mode.
+pub fn judge<'p>(
+    daemon_set: &DaemonSet<'_>,
     namespace: Option<&str>,
-    policy: &Policy,
-) -> Verdict {
-    let daemonset = match decoded {
-        Ok(daemonset) => daemonset,
-        Err(error) => {
-            return Verdict {
-                violations: vec![Violation {
-                    rule: None,
-                    error: FieldError::type_invalid(
-                        &field::Path::new(&error.path().to_string()),
-                        format!(
-                            "not readable as an apps/v1 DaemonSet: {}",
-                            without_position(error.inner())
-                        ),
-                    ),
-                }],
-                ..Verdict::default()
-            };
-        }
-    };
-    if let Some(exemption) = exemption(&daemonset, namespace, &policy.exemptions) {
+    policy: &'p Policy,
+) -> Verdict<'p> {
+    if let Some(exemption) = exemption(daemon_set, namespace, &policy.exemptions) {
         return Verdict {
             exemption: Some(exemption),
             ..Verdict::default()
         };
     }
-    let spec_shape = shape.spec.unwrap_or_default();
-    let selector_given = matches!(spec_shape.selector, Given::Object | Given::Other);
-    let pod_spec_given = spec_shape.template.is_some_and(|t| t.spec == Given::Object);
-
-    let spec = &daemonset.spec;
-    let template_labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
-    let pod = spec.template.spec.as_ref();
-    let containers = pod.map(|p| p.containers.as_slice()).unwrap_or_default();
-    let init_containers = pod
-        .and_then(|p| p.init_containers.as_deref())
-        .filter(|_| policy.init_containers)
-        .unwrap_or_default();
-    let lists = [
-        (resources::CONTAINER_LISTS[0], containers),
-        (resources::CONTAINER_LISTS[1], init_containers),
-    ];
-
-    let mut verdict = Verdict::default();
+    let spec = &daemon_set.spec;
+    let pod = &spec.template.spec;
     let rules = policy.rules;
-    let mut judged = |rule: Rule, errors: Vec<FieldError>| {
-        let violations = errors.into_iter().map(|error| Violation {
-            rule: Some(rule),
-            error,
-        });
+    let mut verdict = Verdict::default();
+    let mut validate = |rule: Rule, check: &dyn Fn(&mut ErrorList)| {
+        let mut errors = ErrorList::default();
         match rules.mode(rule) {
-            Mode::Enforce => verdict.violations.extend(violations),
-            Mode::Warn => verdict.warned_violations.extend(violations),
             Mode::Off => {}
-        }
-    };
-    judged(
-        Rule::Selector,
-        selector::validate(selector_given.then_some(&spec.selector), template_labels),
-    );
-    judged(
-        Rule::RestartPolicy,
-        restart_policy::validate(pod.and_then(|p| p.restart_policy.as_deref())),
-    );
-    judged(
-        Rule::Resources,
-        resources::validate(
-            &lists.map(|((list, _), containers)| (list, containers)),
-            pod.and_then(|p| p.resources.as_ref()),
-        ),
-    );
-    if !verdict.violations.is_empty() {
-        return verdict;
-    }
-
-    // Without a pod spec there is nowhere to patch; the API server rejects such an object for
-    // its missing containers anyway.
-    let Some(pod) = pod.filter(|_| pod_spec_given) else {
-        return verdict;
-    };
-    let pod_path = PointerBuf::from_tokens(["spec", "template", "spec"]);
-    let mut patched = |rule: Rule, operations: Vec<PatchOperation>, changes: Vec<Change>| {
-        debug_assert!(changes.iter().all(|c| c.kind.rule() == rule));
-        match rules.mode(rule) {
             Mode::Enforce => {
-                verdict.operations.extend(operations);
-                verdict.changes.extend(changes);
+                check(&mut errors);
+                verdict.violations.extend(Some(rule), errors);
             }
-            Mode::Warn => verdict.warned_changes.extend(changes),
-            Mode::Off => {}
+            Mode::Warn => {
+                check(&mut errors);
+                verdict.warned_violations.extend(Some(rule), errors);
+            }
         }
     };
-    if rules.mode(Rule::Tolerations) != Mode::Off {
-        // An extra toleration the controller's list (or the policy, twice) already has is
-        // required once: added one after another, the second would match the first.
-        let mut required: Vec<RequiredToleration> = Vec::new();
-        for toleration in tolerations::daemon_tolerations(pod.host_network == Some(true))
-            .chain(policy.extra_tolerations.iter().cloned())
-        {
-            if !required.iter().any(|r| r.same_toleration(&toleration)) {
-                required.push(toleration);
-            }
-        }
-        let (mut operations, mut changes) = (Vec::new(), Vec::new());
-        tolerations::mutate(
-            pod.tolerations.as_deref(),
-            &required,
-            &pod_path.with_trailing_token("tolerations"),
-            &mut operations,
-            &mut changes,
-        );
-        patched(Rule::Tolerations, operations, changes);
+    validate(Rule::Selector, &|errors| {
+        selector::validate(
+            spec.selector.as_ref(),
+            spec.template.labels.as_ref(),
+            errors,
+        )
+    });
+    validate(Rule::RestartPolicy, &|errors| {
+        restart_policy::validate(pod.value.restart_policy.as_deref(), errors)
+    });
+    validate(Rule::Resources, &|errors| {
+        resources::validate(&pod.value, policy.init_containers, errors)
+    });
+    // An invalid object is never patched. Without a pod spec there is nowhere to patch; the API
+    // server rejects such an object for its missing containers anyway.
+    if !verdict.allowed() || !pod.given {
+        return verdict;
     }
-    if rules.mode(Rule::Resources) != Mode::Off {
-        let (mut operations, mut changes) = (Vec::new(), Vec::new());
-        let pod_level = resources::pod_level_names(pod.resources.as_ref());
-        let defaults = if pod_level.is_empty() {
-            std::borrow::Cow::Borrowed(&policy.resources)
-        } else {
-            std::borrow::Cow::Owned(policy.resources.without(&pod_level))
+    let mode = rules.mode(tolerations::Mutation::RULE);
+    if mode != Mode::Off {
+        let required = tolerations::required(pod.value.host_network, &policy.extra_tolerations);
+        verdict.tolerations = Mutated {
+            mode,
+            mutation: tolerations::mutate(&pod.value.tolerations, &required),
         };
-        for ((list, noun), containers) in lists {
-            for (i, container) in containers.iter().enumerate() {
-                let label = if container.name.is_empty() {
-                    format!("{list}[{i}]")
-                } else {
-                    format!("{noun} {:?}", container.name)
-                };
-                resources::mutate_container(
-                    container,
-                    &label,
-                    &pod_path
-                        .with_trailing_token(list)
-                        .with_trailing_token(i.to_string()),
-                    &defaults,
-                    &mut operations,
-                    &mut changes,
-                );
-            }
-        }
-        patched(Rule::Resources, operations, changes);
+    }
+    let mode = rules.mode(resources::Mutation::RULE);
+    if mode != Mode::Off {
+        verdict.resources = Mutated {
+            mode,
+            mutation: resources::mutate(&pod.value, policy.init_containers, &policy.resources),
+        };
     }
     verdict
 }
 
 /// Why the policy leaves this DaemonSet alone, if it does.
 fn exemption(
-    daemonset: &DaemonSet,
+    daemon_set: &DaemonSet<'_>,
     request_namespace: Option<&str>,
     exemptions: &Exemptions,
 ) -> Option<Exemption> {
-    let metadata = &daemonset.metadata;
-    let annotated = metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(EXCLUDE_ANNOTATION))
-        .is_some_and(|v| v == "true");
-    if annotated {
+    let metadata = &daemon_set.metadata;
+    if metadata.exclude.as_deref() == Some("true") {
         return Some(Exemption::Annotation);
     }
     let namespace = metadata
@@ -726,6 +668,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The built-in policy, for verdicts that borrow it.
+    static DEFAULT: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
     fn daemonset(pod_spec: Value) -> Value {
         json!({
             "apiVersion": "apps/v1",
@@ -741,9 +686,22 @@ mod tests {
         })
     }
 
+    fn fitted(verdict: &Verdict<'_>, mutations: bool) -> Vec<String> {
+        crate::admission::fit_warnings(verdict.warning_lines(mutations))
+    }
+
+    fn annotations(
+        verdict: &Verdict<'_>,
+        mutations: bool,
+    ) -> std::collections::BTreeMap<&'static str, String> {
+        crate::admission::audit_annotations(verdict, mutations)
+            .into_iter()
+            .collect()
+    }
+
     fn apply(object: &Value, verdict: &Verdict) -> Value {
         let mut patched = object.clone();
-        json_patch::patch(&mut patched, verdict.patch()).expect("patch applies");
+        json_patch::patch(&mut patched, &verdict.patch().to_json_patch()).expect("patch applies");
         patched
     }
 
@@ -782,7 +740,8 @@ mod tests {
         assert!(verdict.allowed());
         let patched = apply(&object, &verdict);
 
-        let typed: DaemonSet = serde_json::from_value(patched.clone()).unwrap();
+        let typed: k8s_openapi::api::apps::v1::DaemonSet =
+            serde_json::from_value(patched.clone()).unwrap();
         let pod = typed.spec.template.spec.unwrap();
         assert_eq!(pod.tolerations.unwrap().len(), 6);
         for c in pod
@@ -810,8 +769,8 @@ mod tests {
 
         let again = review(&patched, None, &policy);
         assert!(again.allowed());
-        assert!(again.operations.is_empty(), "{:?}", again.operations);
-        assert!(again.changes.is_empty());
+        assert!(again.patch().is_empty(), "{:?}", again.patch().operations());
+        assert!(again.changes().next().is_none());
     }
 
     #[test]
@@ -824,7 +783,7 @@ mod tests {
         object["spec"]["futureSpecField"] = json!("keep me");
         object["metadata"]["futureMetadataField"] = json!({ "a": "b" });
         object["status"] = json!({ "numberReady": 3 });
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         let patched = apply(&object, &verdict);
         assert_eq!(patched["spec"]["futureSpecField"], "keep me");
         assert_eq!(
@@ -840,11 +799,7 @@ mod tests {
             json!(true)
         );
         assert_eq!(pod["tolerations"][0]["futureTolerationField"], "y");
-        assert!(
-            review(&patched, None, &Policy::default())
-                .operations
-                .is_empty()
-        );
+        assert!(review(&patched, None, &DEFAULT).patch().is_empty());
     }
 
     #[test]
@@ -854,9 +809,9 @@ mod tests {
             "containers": [{ "name": "c", "resources": { "limits": { "cpu": "x" } } }],
         }));
         object["spec"]["selector"] = json!({ "matchLabels": { "app": "other" } });
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         assert!(!verdict.allowed());
-        assert!(verdict.operations.is_empty());
+        assert!(verdict.patch().is_empty());
         let fields: Vec<&str> = verdict
             .violations
             .iter()
@@ -870,16 +825,16 @@ mod tests {
                 "spec.template.spec.containers[0].resources.limits[cpu]",
             ]
         );
-        let message = invalid_message("agent", verdict.errors());
+        let message = invalid_message("agent", verdict.errors(), 0);
         assert!(message.starts_with(r#"DaemonSet.apps "agent" is invalid: [spec.template.metadata.labels: Invalid value: {"app.kubernetes.io/name":"agent","tier":"node"}: `selector` does not match template `labels`, spec.template.spec.restartPolicy: Unsupported value: "Never": supported values: "Always", "#), "{message}");
     }
 
     #[test]
     fn an_object_our_types_cannot_read_is_denied_naming_the_field() {
         let object = daemonset(json!({ "containers": "not a list" }));
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         assert_eq!(verdict.violations.len(), 1);
-        let message = verdict.violations[0].to_string();
+        let message = verdict.violations.kept()[0].to_string();
         assert!(message.starts_with("spec.template.spec.containers: Invalid value: not readable as an apps/v1 DaemonSet: invalid type: string"), "{message}");
     }
 
@@ -890,16 +845,16 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("spec");
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         assert!(verdict.allowed());
-        assert!(verdict.operations.is_empty());
+        assert!(verdict.patch().is_empty());
     }
 
     #[test]
     fn host_network_pods_also_tolerate_network_unavailable() {
         let object =
             daemonset(json!({ "hostNetwork": true, "tolerations": null, "containers": [] }));
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         let patched = apply(&object, &verdict);
         let keys: Vec<&str> = patched["spec"]["template"]["spec"]["tolerations"]
             .as_array()
@@ -919,7 +874,7 @@ mod tests {
             "resources": { "limits": { "cpu": "200m" } },
             "containers": [{ "name": "a" }, { "name": "b", "resources": { "requests": { "memory": "1Gi" } } }],
         }));
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
         let patched = apply(&object, &verdict);
         let containers = &patched["spec"]["template"]["spec"]["containers"];
@@ -940,12 +895,11 @@ mod tests {
             "resources": { "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } },
             "containers": [{ "name": "a" }],
         }));
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         assert!(
             verdict
-                .changes
-                .iter()
-                .all(|c| !matches!(c.kind, ChangeKind::Limit | ChangeKind::LimitAndRequest))
+                .changes()
+                .all(|c| !matches!(c.kind(), ChangeKind::Limit | ChangeKind::LimitAndRequest))
         );
         assert!(
             apply(&object, &verdict)["spec"]["template"]["spec"]["containers"][0]
@@ -960,7 +914,7 @@ mod tests {
             "resources": { "limits": { "cpu": "lots", "memory": " 1Gi " } },
             "containers": [{ "name": "a", "resources": { "requests": { "cpu": " 100m" } } }],
         }));
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         let messages: Vec<String> = verdict.violations.iter().map(ToString::to_string).collect();
         assert_eq!(messages.len(), 1, "{messages:?}");
         assert!(
@@ -972,7 +926,7 @@ mod tests {
         let object = daemonset(json!({
             "containers": [{ "name": "a", "resources": { "requests": { "cpu": " 1", "memory": "1Mi" } } }],
         }));
-        let verdict = review(&object, None, &Policy::default());
+        let verdict = review(&object, None, &DEFAULT);
         let patched = apply(&object, &verdict);
         assert_eq!(
             patched["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
@@ -986,15 +940,15 @@ mod tests {
             .map(|i| json!({ "name": format!("container-with-a-rather-long-name-{i:03}") }))
             .collect();
         let object = daemonset(json!({ "containers": containers }));
-        let verdict = review(&object, None, &Policy::default());
-        assert_eq!(verdict.changes.len(), 6 + 120);
-        let warnings = verdict.warnings(true);
+        let verdict = review(&object, None, &DEFAULT);
+        assert_eq!(verdict.changes().count(), 6 + 120);
+        let warnings = fitted(&verdict, true);
         let total: usize = warnings.iter().map(String::len).sum();
-        assert!(total <= MAX_WARNINGS_TOTAL, "{total}");
+        assert!(total <= crate::admission::MAX_WARNINGS_TOTAL, "{total}");
         assert!(
             warnings
                 .iter()
-                .all(|w| w.len() <= MAX_WARNING_LENGTH && !w.contains('\n'))
+                .all(|w| w.len() <= crate::admission::MAX_WARNING_LENGTH && !w.contains('\n'))
         );
         let last = warnings.last().unwrap();
         assert!(
@@ -1005,7 +959,7 @@ mod tests {
         );
         let shown = warnings.len() - 1;
         assert!(
-            last.contains(&format!("and {} more", verdict.changes.len() - shown)),
+            last.contains(&format!("and {} more", verdict.changes().count() - shown)),
             "{last}"
         );
     }
@@ -1016,7 +970,7 @@ mod tests {
             "tolerations": [{ "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30 }],
             "containers": [{ "name": "a", "resources": { "requests": { "cpu": "1" } } }],
         }));
-        let annotations = review(&object, None, &Policy::default()).audit_annotations(true);
+        let annotations = annotations(&review(&object, None, &DEFAULT), true);
         assert_eq!(
             annotations["tolerations-updated"],
             "node.kubernetes.io/not-ready:NoExecute"
@@ -1039,7 +993,20 @@ mod tests {
     }
 
     #[test]
-    fn value_and_text_entry_points_agree() {
+    fn the_order_of_keys_makes_no_difference() {
+        /// The same JSON with every object's keys in reverse order.
+        fn reversed(value: &Value) -> Value {
+            match value {
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .rev()
+                        .map(|(k, v)| (k.clone(), reversed(v)))
+                        .collect(),
+                ),
+                Value::Array(items) => Value::Array(items.iter().map(reversed).collect()),
+                other => other.clone(),
+            }
+        }
         let mut no_selector = daemonset(json!({ "containers": [{ "name": "c" }] }));
         no_selector["spec"]
             .as_object_mut()
@@ -1053,15 +1020,20 @@ mod tests {
             daemonset(json!({ "containers": [{ "name": "c" }], "hostNetwork": true })),
             daemonset(json!({ "containers": "not a list" })),
             daemonset(json!({ "restartPolicy": "Never", "containers": [] })),
+            daemonset(json!({
+                "tolerations": [{ "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5 }],
+                "initContainers": [{ "name": "i", "resources": { "requests": { "memory": "1Gi", "cpu": "1" } } }],
+                "containers": [{ "resources": { "limits": { "memory": "1Gi" } }, "name": "c" }],
+            })),
             no_selector,
             null_selector,
             null_pod_spec,
             json!({}),
         ] {
-            let text = serde_json::to_string(&object).unwrap();
+            let text = serde_json::to_string(&reversed(&object)).unwrap();
             assert_eq!(
-                review(&object, None, &Policy::default()),
-                review_json(&text, None, &Policy::default()).unwrap(),
+                review(&object, None, &DEFAULT),
+                review_json(&text, None, &DEFAULT).unwrap(),
                 "{text}"
             );
         }
@@ -1084,7 +1056,7 @@ mod tests {
         object["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
         let verdict = review(&object, None, &policy);
         assert!(verdict.allowed());
-        assert!(verdict.operations.is_empty() && verdict.changes.is_empty());
+        assert!(verdict.patch().is_empty() && verdict.changes().next().is_none());
         let fields: Vec<&str> = verdict
             .warned_violations
             .iter()
@@ -1098,8 +1070,8 @@ mod tests {
             ]
         );
         // Six tolerations; the init container's cpu and memory; the container's memory.
-        assert_eq!(verdict.warned_changes.len(), 9);
-        let warnings = verdict.warnings(true);
+        assert_eq!(verdict.warned_changes().count(), 9);
+        let warnings = fitted(&verdict, true);
         assert!(warnings[0].starts_with("would be denied (policy mode warn): spec.template.spec.restartPolicy: Unsupported value"), "{warnings:?}");
         assert!(
             warnings
@@ -1107,13 +1079,13 @@ mod tests {
                 .any(|w| w.starts_with("not applied (policy mode warn): added toleration"))
         );
         assert_eq!(
-            verdict.warnings(false).len(),
+            fitted(&verdict, false).len(),
             2,
             "validation sees no changes"
         );
-        let annotations = verdict.audit_annotations(true);
-        assert!(annotations["warned-violations"].contains("restartPolicy"));
-        assert!(annotations["warned-changes"].contains("container \"init\" cpu"));
+        let summary = annotations(&verdict, true);
+        assert!(summary["warned-violations"].contains("restartPolicy"));
+        assert!(summary["warned-changes"].contains("container \"init\" cpu"));
     }
 
     #[test]
@@ -1128,11 +1100,10 @@ mod tests {
         assert!(verdict.warned_violations.is_empty());
         assert!(
             verdict
-                .changes
-                .iter()
-                .all(|c| c.kind == ChangeKind::TolerationAdded)
+                .changes()
+                .all(|c| c.kind() == ChangeKind::TolerationAdded)
         );
-        assert_eq!(verdict.changes.len(), 6);
+        assert_eq!(verdict.changes().count(), 6);
     }
 
     #[test]
@@ -1143,7 +1114,10 @@ mod tests {
         object["spec"]["selector"] = json!({});
         let verdict = review(&object, None, &policy);
         assert!(!verdict.allowed(), "the quantity rule still enforces");
-        assert_eq!(verdict.warned_violations[0].error.field, "spec.selector");
+        assert_eq!(
+            verdict.warned_violations.kept()[0].error.field,
+            "spec.selector"
+        );
     }
 
     #[test]
@@ -1155,7 +1129,7 @@ mod tests {
             .insert("kube-system".to_owned());
         let object = plain();
         let by_object_namespace = review(&object, None, &policy);
-        assert!(by_object_namespace.allowed() && by_object_namespace.operations.is_empty());
+        assert!(by_object_namespace.allowed() && by_object_namespace.patch().is_empty());
         assert_eq!(
             by_object_namespace.exemption,
             Some(Exemption::Namespace("kube-system".to_owned()))
@@ -1176,20 +1150,16 @@ mod tests {
 
         let mut annotated = plain();
         annotated["metadata"]["annotations"] = json!({ EXCLUDE_ANNOTATION: "true" });
-        let verdict = review(&annotated, Some("other"), &Policy::default());
+        let verdict = review(&annotated, Some("other"), &DEFAULT);
         assert_eq!(verdict.exemption, Some(Exemption::Annotation));
         assert_eq!(
-            verdict.warnings(false),
+            fitted(&verdict, false),
             [
                 "daemonset-webhook: exempt (annotation daemonset-webhook.io/exclude=true); allowed untouched"
             ]
         );
         annotated["metadata"]["annotations"][EXCLUDE_ANNOTATION] = json!("false");
-        assert!(
-            review(&annotated, None, &Policy::default())
-                .exemption
-                .is_none()
-        );
+        assert!(review(&annotated, None, &DEFAULT).exemption.is_none());
     }
 
     #[test]
@@ -1221,7 +1191,7 @@ mod tests {
             tolerations[6]["key"],
             "node-role.kubernetes.io/control-plane"
         );
-        assert!(review(&patched, None, &policy).operations.is_empty());
+        assert!(review(&patched, None, &policy).patch().is_empty());
 
         // Listed twice, or repeating the controller's: added once.
         let not_ready = RequiredToleration {
@@ -1247,45 +1217,11 @@ mod tests {
     #[test]
     fn text_that_is_not_json_is_an_error_not_a_verdict() {
         let text = r#"{"spec":{"template":{"metadata":{"labels":{"a\uDBBBb":"c"}}}}}"#;
-        let error = review_json(text, None, &Policy::default()).unwrap_err();
+        let error = review_json(text, None, &DEFAULT).unwrap_err();
         assert!(
             error.to_string().contains("spec.template.metadata.labels"),
             "{error}"
         );
-        assert!(review_json("{", None, &Policy::default()).is_err());
-    }
-
-    #[test]
-    fn the_last_warning_too_stays_within_the_total() {
-        // Sixteen lines of 250 bytes leave 96 bytes: too few for a last line of 200.
-        let mut lines = vec!["w".repeat(250); 16];
-        lines.push("x".repeat(200));
-        let warnings = fit_warnings(lines);
-        let total: usize = warnings.iter().map(String::len).sum();
-        assert!(total <= MAX_WARNINGS_TOTAL, "{total}");
-        assert_eq!(warnings.len(), 17);
-        assert!(
-            warnings[16].starts_with("... and 1 more warnings"),
-            "{}",
-            warnings[16]
-        );
-        // A last line that fits is shown, using the room no summary needs.
-        let mut lines = vec!["w".repeat(250); 16];
-        lines.push("x".repeat(90));
-        let warnings = fit_warnings(lines);
-        assert_eq!(warnings.last().unwrap(), &"x".repeat(90));
-    }
-
-    #[test]
-    fn warnings_are_single_lines() {
-        let warnings = fit_warnings(vec!["key \"a\nb\r\u{7}\" ignored".to_owned()]);
-        assert_eq!(warnings, ["key \"a\\nb\\r\\u{7}\" ignored"]);
-    }
-
-    #[test]
-    fn truncate_respects_character_boundaries() {
-        assert_eq!(truncate("abc", 10), "abc");
-        let cut = truncate(&"é".repeat(200), 256);
-        assert!(cut.len() <= 256 && cut.ends_with("..."));
+        assert!(review_json("{", None, &DEFAULT).is_err());
     }
 }

@@ -5,17 +5,14 @@
 //! It never turns Guaranteed Burstable: a limit without a request is left for the API server to
 //! copy into the request.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::fmt;
 
-use json_patch::{AddOperation, PatchOperation};
-use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{Container, ResourceRequirements};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
-use serde_json::{Map, Value};
-
-use super::field::{FieldError, Path, go_quote};
+use super::field::{ErrorList, FieldError, Path, go_quote};
+use super::object::{Container, PodSpec, QuantityMap, ResourceRequirements};
+use super::patch::{Op, Operation, Pointer, Token, Value};
 use super::quantity::Quantity;
-use super::{Change, ChangeKind};
+use super::{ChangeKind, Rule};
 
 /// A configured default: the text as written (what the patch carries) and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,233 +59,461 @@ impl Default for ResourceDefaults {
     }
 }
 
-/// The container lists a pod template has, with their JSON and field-path names.
-pub const CONTAINER_LISTS: [(&str, &str); 2] = [
-    ("containers", "container"),
-    ("initContainers", "init container"),
-];
+/// A pod template's container lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerList {
+    Containers,
+    InitContainers,
+}
+
+impl ContainerList {
+    /// The field's JSON name.
+    pub fn field(self) -> &'static str {
+        match self {
+            ContainerList::Containers => "containers",
+            ContainerList::InitContainers => "initContainers",
+        }
+    }
+
+    /// What one of its containers is called in messages.
+    fn noun(self) -> &'static str {
+        match self {
+            ContainerList::Containers => "container",
+            ContainerList::InitContainers => "init container",
+        }
+    }
+}
+
+/// The lists the rule covers: init containers (sidecars among them) unless the policy leaves
+/// them out.
+fn lists<'s, 'a>(
+    pod: &'s PodSpec<'a>,
+    init_containers: bool,
+) -> impl Iterator<Item = (ContainerList, &'s [Container<'a>])> {
+    [
+        (ContainerList::Containers, pod.containers.as_slice()),
+        (
+            ContainerList::InitContainers,
+            if init_containers {
+                pod.init_containers.as_slice()
+            } else {
+                &[]
+            },
+        ),
+    ]
+    .into_iter()
+}
 
 /// Every limit and request of every container, and of the pod (`spec.resources`), must be a
 /// quantity. The API server rejects a malformed one when it decodes the object; we name the
 /// field.
-pub fn validate(
-    lists: &[(&str, &[Container])],
-    pod: Option<&ResourceRequirements>,
-) -> Vec<FieldError> {
-    let mut errors = Vec::new();
+pub fn validate(pod: &PodSpec<'_>, init_containers: bool, errors: &mut ErrorList) {
     let base = Path::new("spec").child("template").child("spec");
-    if let Some(resources) = pod {
-        validate_requirements(resources, &base.child("resources"), &mut errors);
+    if let Some(resources) = &pod.resources {
+        validate_requirements(resources, || base.child("resources"), errors);
     }
-    for (list, containers) in lists {
+    for (list, containers) in lists(pod, init_containers) {
         for (i, container) in containers.iter().enumerate() {
-            if let Some(resources) = &container.resources {
-                let path = base.child(list).index(i).child("resources");
-                validate_requirements(resources, &path, &mut errors);
+            let path = || base.child(list.field()).index(i).child("resources");
+            validate_requirements(&container.resources.value, path, errors);
+        }
+    }
+}
+
+/// Paths are made only for errors: thousands of well-formed quantities allocate nothing.
+fn validate_requirements(
+    resources: &ResourceRequirements<'_>,
+    path: impl Fn() -> Path,
+    errors: &mut ErrorList,
+) {
+    for (kind, map) in [
+        ("limits", &resources.limits.value),
+        ("requests", &resources.requests.value),
+    ] {
+        for (name, quantity) in map.iter() {
+            // Quantity's UnmarshalJSON trims the string before it parses it.
+            if let Err(error) = Quantity::parse(quantity.trim()) {
+                errors.push_with(|| {
+                    FieldError::invalid(
+                        &path().child(kind).key(name),
+                        go_quote(quantity),
+                        error.to_string(),
+                    )
+                });
             }
         }
     }
-    errors
 }
 
-fn validate_requirements(
-    resources: &ResourceRequirements,
-    path: &Path,
-    errors: &mut Vec<FieldError>,
-) {
-    for (kind, map) in [
-        ("limits", &resources.limits),
-        ("requests", &resources.requests),
-    ] {
-        for (name, quantity) in map.iter().flatten() {
-            // Quantity's UnmarshalJSON trims the string before it parses it.
-            if let Err(error) = Quantity::parse(quantity.0.trim()) {
-                errors.push(FieldError::invalid(
-                    &path.child(kind).key(name),
-                    go_quote(&quantity.0),
-                    error.to_string(),
+/// Whether the pod sets `name` at pod level (`spec.resources`). Its containers share that
+/// budget: a container limit above the pod's, or container requests summing above the pod's,
+/// make the pod invalid, so containers get no defaults for it.
+fn at_pod_level(pod: Option<&ResourceRequirements<'_>>, name: &str) -> bool {
+    pod.is_some_and(|r| r.limits.value.contains_key(name) || r.requests.value.contains_key(name))
+}
+
+/// A container, as changes name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRef {
+    pub list: ContainerList,
+    pub index: usize,
+    pub name: Box<str>,
+}
+
+impl fmt::Display for ContainerRef {
+    /// `container "agent"`, or `initContainers[0]` for one without a name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            write!(f, "{}[{}]", self.list.field(), self.index)
+        } else if self
+            .name
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            // What `{:?}` writes for a name it has nothing to escape in, without its
+            // character-by-character escaping.
+            f.write_str(self.list.noun())?;
+            f.write_str(" \"")?;
+            f.write_str(&self.name)?;
+            f.write_str("\"")
+        } else {
+            write!(f, "{} {:?}", self.list.noun(), self.name)
+        }
+    }
+}
+
+/// How one resource of one container is defaulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum How<'p> {
+    /// It had neither request nor limit: the default limit and request.
+    LimitAndRequest { limit: &'p str, request: &'p str },
+    /// It had neither, and no default request exists: the default limit.
+    Limit { limit: &'p str },
+    /// It had a request above the default limit: a limit equal to the request.
+    LimitOfRequest {
+        request: Box<str>,
+        default_limit: &'p str,
+    },
+    /// It had a request within the default limit: the default limit.
+    DefaultLimit { limit: &'p str, request: Box<str> },
+}
+
+/// One resource of one container set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set<'p> {
+    name: &'p str,
+    how: How<'p>,
+}
+
+impl<'p> Set<'p> {
+    /// The resource (`cpu`).
+    pub fn name(&self) -> &'p str {
+        self.name
+    }
+
+    /// The limit the patch sets.
+    pub fn limit(&self) -> &str {
+        match &self.how {
+            How::LimitAndRequest { limit, .. } | How::Limit { limit } => limit,
+            How::DefaultLimit { limit, .. } => limit,
+            How::LimitOfRequest { request, .. } => request,
+        }
+    }
+
+    /// The request the patch sets, if it sets one.
+    pub fn request(&self) -> Option<&'p str> {
+        match self.how {
+            How::LimitAndRequest { request, .. } => Some(request),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> ChangeKind {
+        match self.how {
+            How::LimitAndRequest { .. } => ChangeKind::LimitAndRequest,
+            _ => ChangeKind::Limit,
+        }
+    }
+}
+
+/// What the rule changes in one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMutation<'p> {
+    pub container: ContainerRef,
+    /// Whether `resources`, `resources.limits` and `resources.requests` exist as objects to add
+    /// into (else each is added whole).
+    resources_given: bool,
+    limits_given: bool,
+    requests_given: bool,
+    pub sets: Vec<Set<'p>>,
+}
+
+/// One resource of one container set, as a change.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceChange<'c, 'p> {
+    pub container: &'c ContainerRef,
+    pub set: &'c Set<'p>,
+}
+
+impl ResourceChange<'_, '_> {
+    pub fn kind(&self) -> ChangeKind {
+        self.set.kind()
+    }
+
+    /// `container "agent" cpu`.
+    pub fn subject(&self) -> impl fmt::Display + '_ {
+        Subject(*self)
+    }
+
+    /// One line for `response.warnings`.
+    pub fn message(&self) -> impl fmt::Display + '_ {
+        Message(*self)
+    }
+}
+
+struct Subject<'c, 'p>(ResourceChange<'c, 'p>);
+
+impl fmt::Display for Subject<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.0.container, self.0.set.name)
+    }
+}
+
+struct Message<'c, 'p>(ResourceChange<'c, 'p>);
+
+impl fmt::Display for Message<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ResourceChange { container, set } = self.0;
+        let name = set.name;
+        match &set.how {
+            How::LimitAndRequest { limit, request } => write!(
+                f,
+                "{container}: set {name} limit {limit} and request {request} (it had neither)"
+            ),
+            How::Limit { limit } => write!(
+                f,
+                "{container}: set {name} limit {limit} (it had neither limit nor request)"
+            ),
+            How::LimitOfRequest {
+                request,
+                default_limit,
+            } => write!(
+                f,
+                "{container}: set {name} limit {request} equal to its request (above the default limit {default_limit})"
+            ),
+            How::DefaultLimit { limit, request } => write!(
+                f,
+                "{container}: set {name} limit {limit} (it had a request of {request} but no limit)"
+            ),
+        }
+    }
+}
+
+impl<'p> ContainerMutation<'p> {
+    pub fn changes(&self) -> impl Iterator<Item = ResourceChange<'_, 'p>> {
+        self.sets.iter().map(|set| ResourceChange {
+            container: &self.container,
+            set,
+        })
+    }
+
+    /// The patch operations: `resources` whole where the container has none, else each of
+    /// `limits` and `requests` whole, or their entries one by one.
+    pub fn operations(&self) -> impl Iterator<Item = Operation<'_>> {
+        let add = |tokens: &[Token<'p>], value| add(&self.container, tokens, value);
+        let mut operations = Vec::new();
+        let has_requests = self.sets.iter().any(|s| s.request().is_some());
+        if !self.resources_given {
+            operations.push(add(&[], Value::Resources(&self.sets)));
+            return operations.into_iter();
+        }
+        if !self.limits_given {
+            operations.push(add(&[Token::Key("limits")], Value::Limits(&self.sets)));
+        } else {
+            for set in &self.sets {
+                operations.push(add(
+                    &[Token::Key("limits"), Token::Key(set.name)],
+                    Value::Quantity(set.limit()),
                 ));
             }
         }
+        if has_requests {
+            if !self.requests_given {
+                operations.push(add(&[Token::Key("requests")], Value::Requests(&self.sets)));
+            } else {
+                for set in &self.sets {
+                    if let Some(request) = set.request() {
+                        operations.push(add(
+                            &[Token::Key("requests"), Token::Key(set.name)],
+                            Value::Quantity(request),
+                        ));
+                    }
+                }
+            }
+        }
+        operations.into_iter()
     }
 }
 
-/// The resources a pod-level `spec.resources` names. Its containers share that budget: a
-/// container limit above the pod's, or container requests summing above the pod's, make the
-/// pod invalid, so containers get no defaults for these.
-pub fn pod_level_names(pod: Option<&ResourceRequirements>) -> BTreeSet<String> {
-    pod.into_iter()
-        .flat_map(|r| r.limits.iter().flatten().chain(r.requests.iter().flatten()))
-        .map(|(name, _)| name.clone())
-        .collect()
+/// An `add` under the container's `resources` (at `tokens` below it).
+fn add<'a>(container: &ContainerRef, tokens: &[Token<'a>], value: Value<'a>) -> Operation<'a> {
+    let mut path = [
+        Token::Key(container.list.field()),
+        Token::Index(container.index),
+        Token::Key("resources"),
+        Token::End,
+        Token::End,
+    ];
+    path[3..3 + tokens.len()].copy_from_slice(tokens);
+    Operation {
+        op: Op::Add,
+        path: Pointer::pod_spec(&path[..3 + tokens.len()]),
+        value,
+    }
 }
 
-impl ResourceDefaults {
-    /// These defaults but for the resources in `names`.
-    pub fn without(&self, names: &BTreeSet<String>) -> Self {
-        let keep = |map: &BTreeMap<String, DefaultQuantity>| {
-            map.iter()
-                .filter(|(name, _)| !names.contains(*name))
-                .map(|(name, q)| (name.clone(), q.clone()))
-                .collect()
-        };
-        Self {
-            limits: keep(&self.limits),
-            requests: keep(&self.requests),
+/// What the rule changes in one pod template: the containers it sets resources of, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mutation<'p> {
+    pub containers: Vec<ContainerMutation<'p>>,
+}
+
+impl<'p> Mutation<'p> {
+    pub const RULE: Rule = Rule::Resources;
+
+    pub fn changes(&self) -> impl Iterator<Item = ResourceChange<'_, 'p>> {
+        self.containers.iter().flat_map(ContainerMutation::changes)
+    }
+
+    pub fn operations(&self) -> impl Iterator<Item = Operation<'_>> {
+        self.containers
+            .iter()
+            .flat_map(ContainerMutation::operations)
+    }
+}
+
+/// Sets limits and requests for every container (and, unless `init_containers` is false, init
+/// container) lacking them, resource by resource, except for resources the pod sets at pod
+/// level.
+pub fn mutate<'p>(
+    pod: &PodSpec<'_>,
+    init_containers: bool,
+    defaults: &'p ResourceDefaults,
+) -> Mutation<'p> {
+    let mut mutation = Mutation::default();
+    for (list, containers) in lists(pod, init_containers) {
+        for (index, container) in containers.iter().enumerate() {
+            let sets = container_sets(container, pod.resources.as_ref(), defaults);
+            if sets.is_empty() {
+                continue;
+            }
+            let resources = &container.resources;
+            mutation.containers.push(ContainerMutation {
+                container: ContainerRef {
+                    list,
+                    index,
+                    name: container.name.as_ref().into(),
+                },
+                resources_given: resources.given,
+                limits_given: resources.value.limits.given,
+                requests_given: resources.value.requests.given,
+                sets,
+            });
         }
     }
+    mutation
 }
 
-/// Patches limits and requests into one container at `path` (its JSON Pointer):
+/// For one container, resource by resource:
 /// - neither request nor limit: the default limit and the default request;
 /// - a request but no limit: limit = max(default limit, request), so request ≤ limit holds;
 /// - a limit but no request: nothing. Kubernetes defaults the request to the limit; inventing a
 ///   smaller one would turn a Guaranteed pod Burstable.
 ///
 /// Quantities that do not parse are left to [`validate`].
-pub fn mutate_container(
-    container: &Container,
-    label: &str,
-    path: &PointerBuf,
-    defaults: &ResourceDefaults,
-    operations: &mut Vec<PatchOperation>,
-    changes: &mut Vec<Change>,
-) {
-    let resources = container.resources.as_ref();
-    let limits = resources.and_then(|r| r.limits.as_ref());
-    let requests = resources.and_then(|r| r.requests.as_ref());
-    let has = |map: Option<&BTreeMap<String, ApiQuantity>>, name: &str| {
-        map.is_some_and(|m| m.contains_key(name))
-    };
-
-    let mut new_limits = Map::new();
-    let mut new_requests = Map::new();
+fn container_sets<'p>(
+    container: &Container<'_>,
+    pod: Option<&ResourceRequirements<'_>>,
+    defaults: &'p ResourceDefaults,
+) -> Vec<Set<'p>> {
+    let limits: &QuantityMap<'_> = &container.resources.value.limits.value;
+    let requests: &QuantityMap<'_> = &container.resources.value.requests.value;
+    let mut sets = Vec::new();
     for (name, default_limit) in &defaults.limits {
-        if has(limits, name) {
+        if limits.contains_key(name) || at_pod_level(pod, name) {
             continue;
         }
-        let request = requests.and_then(|m| m.get(name));
-        match request {
-            None => {
-                new_limits.insert(name.clone(), Value::String(default_limit.text.clone()));
-                let change = match defaults.requests.get(name) {
-                    Some(default_request) => {
-                        new_requests
-                            .insert(name.clone(), Value::String(default_request.text.clone()));
-                        Change {
-                            kind: ChangeKind::LimitAndRequest,
-                            subject: format!("{label} {name}"),
-                            message: format!(
-                                "{label}: set {name} limit {} and request {} (it had neither)",
-                                default_limit.text, default_request.text
-                            ),
-                        }
-                    }
-                    None => Change {
-                        kind: ChangeKind::Limit,
-                        subject: format!("{label} {name}"),
-                        message: format!(
-                            "{label}: set {name} limit {} (it had neither limit nor request)",
-                            default_limit.text
-                        ),
-                    },
-                };
-                changes.push(change);
-            }
+        let how = match requests.get(name) {
+            None => match defaults.requests.get(name) {
+                Some(default_request) => How::LimitAndRequest {
+                    limit: &default_limit.text,
+                    request: &default_request.text,
+                },
+                None => How::Limit {
+                    limit: &default_limit.text,
+                },
+            },
             Some(request) => {
-                let request_text = request.0.trim();
-                let Ok(request_value) = Quantity::parse(request_text) else {
+                let request = request.trim();
+                let Ok(value) = Quantity::parse(request) else {
                     continue;
                 };
-                let (limit, message) = if request_value > default_limit.value {
-                    (
-                        request_text.to_owned(),
-                        format!(
-                            "{label}: set {name} limit {request_text} equal to its request (above the default limit {})",
-                            default_limit.text
-                        ),
-                    )
+                if value > default_limit.value {
+                    How::LimitOfRequest {
+                        request: request.into(),
+                        default_limit: &default_limit.text,
+                    }
                 } else {
-                    (
-                        default_limit.text.clone(),
-                        format!(
-                            "{label}: set {name} limit {} (it had a request of {request_text} but no limit)",
-                            default_limit.text
-                        ),
-                    )
-                };
-                new_limits.insert(name.clone(), Value::String(limit));
-                changes.push(Change {
-                    kind: ChangeKind::Limit,
-                    subject: format!("{label} {name}"),
-                    message,
-                });
+                    How::DefaultLimit {
+                        limit: &default_limit.text,
+                        request: request.into(),
+                    }
+                }
             }
-        }
+        };
+        sets.push(Set { name, how });
     }
-
-    let resources_path = path.with_trailing_token("resources");
-    if resources.is_none() {
-        let mut value = Map::new();
-        if !new_limits.is_empty() {
-            value.insert("limits".to_owned(), Value::Object(new_limits));
-        }
-        if !new_requests.is_empty() {
-            value.insert("requests".to_owned(), Value::Object(new_requests));
-        }
-        if !value.is_empty() {
-            operations.push(add(resources_path, Value::Object(value)));
-        }
-        return;
-    }
-    for (field, existing, new) in [
-        ("limits", limits, new_limits),
-        ("requests", requests, new_requests),
-    ] {
-        if new.is_empty() {
-            continue;
-        }
-        let field_path = resources_path.with_trailing_token(field);
-        if existing.is_none() {
-            operations.push(add(field_path, Value::Object(new)));
-        } else {
-            for (name, value) in new {
-                operations.push(add(field_path.with_trailing_token(name), value));
-            }
-        }
-    }
-}
-
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+    sets
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::policy::object;
+    use serde_json::{Value as Json, json};
 
-    fn container(value: Value) -> Container {
-        serde_json::from_value(value).unwrap()
+    /// A pod template holding these containers and init containers, as JSON text.
+    fn pod_text(containers: &[Json], init_containers: &[Json]) -> String {
+        json!({ "spec": { "template": { "spec": {
+            "containers": containers,
+            "initContainers": init_containers,
+        } } } })
+        .to_string()
     }
 
-    fn run_with(value: Value, defaults: &ResourceDefaults) -> (Value, Vec<Change>) {
-        let mut operations = Vec::new();
-        let mut changes = Vec::new();
-        let path = PointerBuf::parse("/spec/template/spec/containers/0").unwrap();
-        mutate_container(
-            &container(value),
-            "container \"c\"",
-            &path,
-            defaults,
-            &mut operations,
-            &mut changes,
-        );
-        (serde_json::to_value(operations).unwrap(), changes)
+    /// A change as the tests look at it.
+    struct Seen {
+        kind: ChangeKind,
+        message: String,
     }
 
-    fn run(value: Value) -> (Value, Vec<Change>) {
-        run_with(value, &ResourceDefaults::default())
+    fn run_with(container: Json, defaults: &ResourceDefaults) -> (Json, Vec<Seen>) {
+        let text = pod_text(&[container], &[]);
+        let decoded = object::decode(&text).unwrap();
+        let mutation = mutate(&decoded.daemon_set.spec.template.spec.value, true, defaults);
+        let operations: Vec<Operation<'_>> = mutation.operations().collect();
+        let seen = mutation
+            .changes()
+            .map(|c| Seen {
+                kind: c.kind(),
+                message: c.message().to_string(),
+            })
+            .collect();
+        (serde_json::to_value(operations).unwrap(), seen)
+    }
+
+    fn run(container: Json) -> (Json, Vec<Seen>) {
+        run_with(container, &ResourceDefaults::default())
     }
 
     const R: &str = "/spec/template/spec/containers/0/resources";
@@ -313,6 +538,12 @@ mod tests {
             changes[0].message,
             "container \"c\": set cpu limit 500m and request 50m (it had neither)"
         );
+        let unnamed = ContainerRef {
+            list: ContainerList::InitContainers,
+            index: 2,
+            name: "".into(),
+        };
+        assert_eq!(unnamed.to_string(), "initContainers[2]");
     }
 
     #[test]
@@ -442,22 +673,20 @@ mod tests {
 
     #[test]
     fn validate_names_every_malformed_quantity() {
-        let c = container(json!({ "name": "c", "resources": {
+        let c = json!({ "name": "c", "resources": {
             "limits": { "cpu": "lots", "memory": "1Gi" },
             "requests": { "example.com/x": "1.2.3" },
-        }}));
-        let init =
-            container(json!({ "name": "i", "resources": { "limits": { "memory": "1 Gi" } } }));
-        let errors: Vec<String> = validate(
-            &[
-                ("containers", std::slice::from_ref(&c)),
-                ("initContainers", std::slice::from_ref(&init)),
-            ],
-            None,
-        )
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+        }});
+        let init = json!({ "name": "i", "resources": { "limits": { "memory": "1 Gi" } } });
+        let text = pod_text(&[c], &[init]);
+        let decoded = object::decode(&text).unwrap();
+        let mut list = ErrorList::default();
+        validate(
+            &decoded.daemon_set.spec.template.spec.value,
+            true,
+            &mut list,
+        );
+        let errors: Vec<String> = list.kept().iter().map(ToString::to_string).collect();
         let regex = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
         assert_eq!(
             errors,

@@ -1,7 +1,7 @@
 //! `spec.template.spec.restartPolicy` must be `Always`: a daemon pod that exits is restarted in
 //! place, never left completed.
 
-use super::field::{FieldError, Path, go_json_string};
+use super::field::{ErrorList, FieldError, Path, go_json_string};
 
 const ALWAYS: &str = "Always";
 const POD_RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
@@ -10,16 +10,12 @@ const POD_RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
 ///
 /// Unset (or empty, which API defaulting treats as unset) is `Always`. A value no pod may have
 /// gets the pod-spec error first, as `ValidatePodTemplateSpec` reports it, then the DaemonSet's.
-pub fn validate(restart_policy: Option<&str>) -> Vec<FieldError> {
-    let path = Path::new("spec")
-        .child("template")
-        .child("spec")
-        .child("restartPolicy");
+pub fn validate(restart_policy: Option<&str>, errors: &mut ErrorList) {
     let policy = match restart_policy {
-        None | Some("") | Some(ALWAYS) => return Vec::new(),
+        None | Some("") | Some(ALWAYS) => return,
         Some(policy) => policy,
     };
-    let mut errors = Vec::new();
+    let path = Path::new("spec.template.spec.restartPolicy");
     if !POD_RESTART_POLICIES.contains(&policy) {
         errors.push(FieldError::not_supported(
             &path,
@@ -32,7 +28,6 @@ pub fn validate(restart_policy: Option<&str>) -> Vec<FieldError> {
         go_json_string(policy),
         &[ALWAYS],
     ));
-    errors
 }
 
 #[cfg(test)]
@@ -40,7 +35,9 @@ mod tests {
     use super::*;
 
     fn messages(policy: Option<&str>) -> Vec<String> {
-        validate(policy).iter().map(ToString::to_string).collect()
+        let mut errors = ErrorList::default();
+        validate(policy, &mut errors);
+        errors.kept().iter().map(ToString::to_string).collect()
     }
 
     #[test]

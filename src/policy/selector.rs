@@ -4,11 +4,8 @@
 //! (apimachinery meta/v1/validation), `LabelSelectorAsSelector` and `Requirement.Matches`
 //! (apimachinery labels), including their wording.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-
-use super::field::{FieldError, Path, go_json_string, go_json_string_map, go_quote};
+use super::field::{ErrorList, FieldError, Path, go_json_string, go_json_string_map, go_quote};
+use super::object::{LabelSelector, LabelSelectorRequirement, StrMap};
 
 pub const OP_IN: &str = "In";
 pub const OP_NOT_IN: &str = "NotIn";
@@ -25,39 +22,40 @@ const EMPTY: &str = "empty selector is invalid for daemonset";
 /// itself as empty, since that is the field to fix, after the mismatch as the API server orders
 /// the two for an empty selector.
 pub fn validate(
-    selector: Option<&LabelSelector>,
-    template_labels: Option<&BTreeMap<String, String>>,
-) -> Vec<FieldError> {
-    let spec = Path::new("spec");
-    let selector_path = spec.child("selector");
-    let labels_path = spec.child("template").child("metadata").child("labels");
-    let mismatch =
-        || FieldError::invalid(&labels_path, go_json_string_map(template_labels), MISMATCH);
-
-    let Some(selector) = selector else {
-        return vec![
-            mismatch(),
-            FieldError::invalid(&selector_path, "null".to_owned(), EMPTY),
-        ];
+    selector: Option<&LabelSelector<'_>>,
+    template_labels: Option<&StrMap<'_>>,
+    errors: &mut ErrorList,
+) {
+    // Paths are made only for errors: a valid selector allocates nothing.
+    let selector_path = || Path::new("spec").child("selector");
+    let mismatch = || {
+        FieldError::invalid(
+            &Path::new("spec.template.metadata.labels"),
+            go_json_string_map(template_labels.map(StrMap::iter)),
+            MISMATCH,
+        )
     };
 
-    let mut errors = validate_label_selector(selector, &selector_path);
+    let Some(selector) = selector else {
+        errors.push_with(mismatch);
+        errors.push_with(|| FieldError::invalid(&selector_path(), "null".to_owned(), EMPTY));
+        return;
+    };
+
+    let before = errors.len();
+    validate_label_selector(selector, &selector_path, errors);
     // `LabelSelectorAsSelector` fails exactly when the selector is malformed; the API server
     // then skips the match check rather than report the mismatch of a selector it cannot read.
-    if errors.is_empty() && !matches(selector, template_labels) {
-        errors.push(mismatch());
+    if errors.len() == before && !matches(selector, template_labels) {
+        errors.push_with(mismatch);
     }
     if is_empty(selector) {
-        errors.push(FieldError::invalid(&selector_path, "{}".to_owned(), EMPTY));
+        errors.push_with(|| FieldError::invalid(&selector_path(), "{}".to_owned(), EMPTY));
     }
-    errors
 }
 
-fn is_empty(selector: &LabelSelector) -> bool {
-    selector
-        .match_labels
-        .as_ref()
-        .is_none_or(BTreeMap::is_empty)
+fn is_empty(selector: &LabelSelector<'_>) -> bool {
+    selector.match_labels.as_ref().is_none_or(StrMap::is_empty)
         && selector
             .match_expressions
             .as_ref()
@@ -65,100 +63,98 @@ fn is_empty(selector: &LabelSelector) -> bool {
 }
 
 /// `ValidateLabelSelector` with `AllowInvalidLabelValueInSelector: false`.
-fn validate_label_selector(selector: &LabelSelector, path: &Path) -> Vec<FieldError> {
-    let mut errors = Vec::new();
+fn validate_label_selector(
+    selector: &LabelSelector<'_>,
+    path: &dyn Fn() -> Path,
+    errors: &mut ErrorList,
+) {
     // Go iterates the map in random order; sorted keys make our order stable.
-    let match_labels_path = path.child("matchLabels");
-    for (key, value) in selector.match_labels.iter().flatten() {
+    let match_labels_path = || path().child("matchLabels");
+    for (key, value) in selector.match_labels.iter().flat_map(StrMap::iter) {
         for message in label_key_errors(key) {
-            errors.push(FieldError::invalid(
-                &match_labels_path,
-                go_quote(key),
-                message,
-            ));
+            errors.push_with(|| FieldError::invalid(&match_labels_path(), go_quote(key), message));
         }
         for message in label_value_errors(value) {
-            errors.push(FieldError::invalid(
-                &match_labels_path,
-                go_quote(value),
-                message,
-            ));
+            errors
+                .push_with(|| FieldError::invalid(&match_labels_path(), go_quote(value), message));
         }
     }
-    let expressions_path = path.child("matchExpressions");
     for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
-        errors.extend(validate_requirement(
+        validate_requirement(
             requirement,
-            &expressions_path.index(i),
-        ));
+            &|| path().child("matchExpressions").index(i),
+            errors,
+        );
     }
-    errors
 }
 
-/// `ValidateLabelSelectorRequirement`.
-fn validate_requirement(requirement: &LabelSelectorRequirement, path: &Path) -> Vec<FieldError> {
-    let mut errors = Vec::new();
+/// `ValidateLabelSelectorRequirement` of the requirement at `path`.
+fn validate_requirement(
+    requirement: &LabelSelectorRequirement<'_>,
+    path: &dyn Fn() -> Path,
+    errors: &mut ErrorList,
+) {
     let values = requirement.values.as_deref().unwrap_or_default();
-    let values_path = path.child("values");
-    match requirement.operator.as_str() {
+    match requirement.operator.as_ref() {
         OP_IN | OP_NOT_IN => {
             if values.is_empty() {
-                errors.push(FieldError::required(
-                    &values_path,
-                    "must be specified when `operator` is 'In' or 'NotIn'",
-                ));
+                errors.push_with(|| {
+                    FieldError::required(
+                        &path().child("values"),
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    )
+                });
             }
         }
         OP_EXISTS | OP_DOES_NOT_EXIST => {
             if !values.is_empty() {
-                errors.push(FieldError::forbidden(
-                    &values_path,
-                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
-                ));
+                errors.push_with(|| {
+                    FieldError::forbidden(
+                        &path().child("values"),
+                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    )
+                });
             }
         }
-        other => errors.push(FieldError::invalid(
-            &path.child("operator"),
-            go_json_string(other),
-            "not a valid selector operator",
-        )),
+        other => errors.push_with(|| {
+            FieldError::invalid(
+                &path().child("operator"),
+                go_json_string(other),
+                "not a valid selector operator",
+            )
+        }),
     }
-    let key_path = path.child("key");
     for message in label_key_errors(&requirement.key) {
-        errors.push(FieldError::invalid(
-            &key_path,
-            go_quote(&requirement.key),
-            message,
-        ));
+        errors.push_with(|| {
+            FieldError::invalid(&path().child("key"), go_quote(&requirement.key), message)
+        });
     }
     for (i, value) in values.iter().enumerate() {
         for message in label_value_errors(value) {
-            errors.push(FieldError::invalid(
-                &values_path.index(i),
-                go_quote(value),
-                message,
-            ));
+            errors.push_with(|| {
+                FieldError::invalid(&path().child("values").index(i), go_quote(value), message)
+            });
         }
     }
-    errors
 }
 
 /// Whether a well-formed selector selects `labels`: every `matchLabels` pair and every
 /// `matchExpressions` requirement must hold. An empty selector selects everything.
-pub fn matches(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
-    let get = |key: &str| labels.and_then(|l| l.get(key));
+pub fn matches(selector: &LabelSelector<'_>, labels: Option<&StrMap<'_>>) -> bool {
+    let get = |key: &str| labels.and_then(|l| l.get(key)).map(|v| v.as_ref());
     let labels_hold = selector
         .match_labels
         .iter()
-        .flatten()
+        .flat_map(StrMap::iter)
         .all(|(key, value)| get(key) == Some(value));
     labels_hold
         && selector.match_expressions.iter().flatten().all(|r| {
             let values = r.values.as_deref().unwrap_or_default();
             let label = get(&r.key);
-            match r.operator.as_str() {
-                OP_IN => label.is_some_and(|v| values.contains(v)),
-                OP_NOT_IN => label.is_none_or(|v| !values.contains(v)),
+            let listed = |v: &str| values.iter().any(|value| value == v);
+            match r.operator.as_ref() {
+                OP_IN => label.is_some_and(listed),
+                OP_NOT_IN => label.is_none_or(|v| !listed(v)),
                 OP_EXISTS => label.is_some(),
                 OP_DOES_NOT_EXIST => label.is_none(),
                 _ => false,
@@ -308,29 +304,42 @@ pub fn label_value_errors(value: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    use std::borrow::Cow;
+
+    fn labels<'a>(pairs: &[(&'a str, &'a str)]) -> StrMap<'a> {
+        pairs.iter().copied().collect()
     }
 
-    fn requirement(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
+    fn requirement<'a>(
+        key: &'a str,
+        operator: &'a str,
+        values: &[&'a str],
+    ) -> LabelSelectorRequirement<'a> {
         LabelSelectorRequirement {
-            key: key.to_owned(),
-            operator: operator.to_owned(),
+            key: Cow::Borrowed(key),
+            operator: Cow::Borrowed(operator),
             values: if values.is_empty() {
                 None
             } else {
-                Some(values.iter().map(|v| v.to_string()).collect())
+                Some(values.iter().map(|v| Cow::Borrowed(*v)).collect())
             },
         }
     }
 
-    fn selector(
-        pairs: &[(&str, &str)],
-        expressions: Vec<LabelSelectorRequirement>,
-    ) -> LabelSelector {
+    /// The errors of [`super::validate`], all of them.
+    fn validate(
+        selector: Option<&LabelSelector<'_>>,
+        template_labels: Option<&StrMap<'_>>,
+    ) -> Vec<FieldError> {
+        let mut errors = ErrorList::default();
+        super::validate(selector, template_labels, &mut errors);
+        errors.into_vec()
+    }
+
+    fn selector<'a>(
+        pairs: &[(&'a str, &'a str)],
+        expressions: Vec<LabelSelectorRequirement<'a>>,
+    ) -> LabelSelector<'a> {
         LabelSelector {
             match_labels: if pairs.is_empty() {
                 None
@@ -431,7 +440,7 @@ mod tests {
             ["spec.selector: Invalid value: {}: empty selector is invalid for daemonset"]
         );
         let explicit_empty = LabelSelector {
-            match_labels: Some(BTreeMap::new()),
+            match_labels: Some(StrMap::default()),
             match_expressions: Some(vec![]),
         };
         assert_eq!(validate(Some(&explicit_empty), None).len(), 1);
@@ -511,14 +520,15 @@ mod tests {
 
     #[test]
     fn empty_and_null_values_are_alike() {
-        let with_values = |operator: &str, values: Option<Vec<String>>| LabelSelector {
-            match_labels: None,
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "k".to_owned(),
-                operator: operator.to_owned(),
-                values,
-            }]),
-        };
+        let with_values =
+            |operator: &'static str, values: Option<Vec<Cow<'static, str>>>| LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: Cow::Borrowed("k"),
+                    operator: Cow::Borrowed(operator),
+                    values,
+                }]),
+            };
         // `values: []` and `values: null` (or absent) are both "not specified".
         for values in [None, Some(vec![])] {
             let errors = validate(Some(&with_values(OP_IN, values.clone())), None);
@@ -533,13 +543,13 @@ mod tests {
             );
         }
         // An empty string is a value: it makes In well formed and Exists malformed.
-        let in_empty = with_values(OP_IN, Some(vec![String::new()]));
+        let in_empty = with_values(OP_IN, Some(vec![Cow::Borrowed("")]));
         assert!(validate(Some(&in_empty), Some(&labels(&[("k", "")]))).is_empty());
         assert_eq!(
             validate(Some(&in_empty), Some(&labels(&[("k", "x")]))).len(),
             1
         );
-        let exists_empty = with_values(OP_EXISTS, Some(vec![String::new()]));
+        let exists_empty = with_values(OP_EXISTS, Some(vec![Cow::Borrowed("")]));
         assert_eq!(
             messages(&validate(Some(&exists_empty), Some(&labels(&[("k", "")])))),
             [
@@ -551,7 +561,7 @@ mod tests {
     #[test]
     fn empty_match_labels_with_expressions_is_not_an_empty_selector() {
         let s = LabelSelector {
-            match_labels: Some(BTreeMap::new()),
+            match_labels: Some(StrMap::default()),
             match_expressions: Some(vec![requirement("app", OP_EXISTS, &[])]),
         };
         assert!(validate(Some(&s), Some(&labels(&[("app", "x")]))).is_empty());
@@ -560,10 +570,8 @@ mod tests {
 
     #[test]
     fn every_bad_match_label_is_reported_in_key_order() {
-        let s = selector(
-            &[("b!", "ok"), ("a", "bad value"), ("c", &"v".repeat(64))],
-            vec![],
-        );
+        let long = "v".repeat(64);
+        let s = selector(&[("b!", "ok"), ("a", "bad value"), ("c", &long)], vec![]);
         let got = messages(&validate(Some(&s), None));
         assert_eq!(got.len(), 3, "{got:#?}");
         assert!(got[0].starts_with(

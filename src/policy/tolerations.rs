@@ -1,15 +1,13 @@
 //! The tolerations the DaemonSet controller gives every daemon pod
-//! (`AddOrUpdateDaemonPodTolerations`, pkg/controller/daemon/util), written into the template so
-//! that it says what the pods really get.
+//! (`AddOrUpdateDaemonPodTolerations`, pkg/controller/daemon/util), and those the policy file
+//! adds, written into the template so that it says what the pods really get.
 
 use std::borrow::Cow;
+use std::fmt;
 
-use json_patch::{AddOperation, PatchOperation, RemoveOperation};
-use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::Toleration;
-use serde_json::{Map, Value};
-
-use super::{Change, ChangeKind};
+use super::object::{Given, Toleration};
+use super::patch::{Op, Operation, Pointer, Token, Value};
+use super::{ChangeKind, Rule};
 
 pub const NO_EXECUTE: &str = "NoExecute";
 pub const NO_SCHEDULE: &str = "NoSchedule";
@@ -54,7 +52,7 @@ const fn controller(key: &'static str, effect: &'static str) -> RequiredTolerati
 
 /// In the controller's order. Pods must survive the node problems the node lifecycle controller
 /// taints for, and be schedulable on nodes under pressure or cordoned.
-pub const DAEMON_TOLERATIONS: [RequiredToleration; 6] = [
+pub static DAEMON_TOLERATIONS: [RequiredToleration; 6] = [
     controller("node.kubernetes.io/not-ready", NO_EXECUTE),
     controller("node.kubernetes.io/unreachable", NO_EXECUTE),
     controller("node.kubernetes.io/disk-pressure", NO_SCHEDULE),
@@ -64,38 +62,13 @@ pub const DAEMON_TOLERATIONS: [RequiredToleration; 6] = [
 ];
 
 /// Added only for `hostNetwork: true` pods: they do not need the pod network to be ready.
-pub const HOST_NETWORK_TOLERATION: RequiredToleration =
+pub static HOST_NETWORK_TOLERATION: RequiredToleration =
     controller("node.kubernetes.io/network-unavailable", NO_SCHEDULE);
 
 impl RequiredToleration {
-    fn to_json(&self) -> Value {
-        let mut toleration = Map::new();
-        if !self.key.is_empty() {
-            toleration.insert("key".to_owned(), Value::from(self.key.as_ref()));
-        }
-        toleration.insert("operator".to_owned(), Value::from(self.operator.as_ref()));
-        if !self.value.is_empty() {
-            toleration.insert("value".to_owned(), Value::from(self.value.as_ref()));
-        }
-        if !self.effect.is_empty() {
-            toleration.insert("effect".to_owned(), Value::from(self.effect.as_ref()));
-        }
-        Value::Object(toleration)
-    }
-
     /// `key:effect`, `key=value:effect`, `*:effect` for a toleration of every key.
     pub fn describe(&self) -> String {
-        let key = if self.key.is_empty() { "*" } else { &self.key };
-        let effect = if self.effect.is_empty() {
-            "*"
-        } else {
-            &self.effect
-        };
-        if self.value.is_empty() {
-            format!("{key}:{effect}")
-        } else {
-            format!("{key}={}:{effect}", self.value)
-        }
+        self.to_string()
     }
 
     fn why(&self) -> &'static str {
@@ -107,35 +80,180 @@ impl RequiredToleration {
 
     /// `Toleration.MatchToleration`: the same key, effect, operator and value, compared
     /// literally (an empty operator is not `Exists`).
-    fn matches(&self, toleration: &Toleration) -> bool {
-        toleration.key.as_deref().unwrap_or_default() == self.key
-            && toleration.effect.as_deref().unwrap_or_default() == self.effect
-            && toleration.operator.as_deref().unwrap_or_default() == self.operator
-            && toleration.value.as_deref().unwrap_or_default() == self.value
+    fn matches(&self, toleration: &Toleration<'_>) -> bool {
+        fn text<'t>(field: &'t Option<Cow<'_, str>>) -> &'t str {
+            field.as_deref().unwrap_or_default()
+        }
+        text(&toleration.key) == self.key
+            && text(&toleration.effect) == self.effect
+            && text(&toleration.operator) == self.operator
+            && text(&toleration.value) == self.value
+    }
+}
+
+impl fmt::Display for RequiredToleration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.key.is_empty() { "*" } else { &self.key };
+        let effect = if self.effect.is_empty() {
+            "*"
+        } else {
+            &self.effect
+        };
+        if self.value.is_empty() {
+            write!(f, "{key}:{effect}")
+        } else {
+            write!(f, "{key}={}:{effect}", self.value)
+        }
     }
 }
 
 /// The tolerations a pod template with `host_network` gets from the controller.
-pub fn daemon_tolerations(host_network: bool) -> impl Iterator<Item = RequiredToleration> {
+pub fn daemon_tolerations(host_network: bool) -> impl Iterator<Item = &'static RequiredToleration> {
     DAEMON_TOLERATIONS
-        .into_iter()
-        .chain(host_network.then_some(HOST_NETWORK_TOLERATION))
+        .iter()
+        .chain(host_network.then_some(&HOST_NETWORK_TOLERATION))
 }
 
-/// Patches `tolerations` (at `path`, `None` when absent or null) the way
-/// `AddOrUpdateTolerationInPodSpec` changes it: every matching toleration becomes exactly the
-/// controller's (which here can only mean its `tolerationSeconds` goes), and a toleration with
-/// no match is appended. Nothing is removed or reordered.
-pub fn mutate(
-    tolerations: Option<&[Toleration]>,
-    required: &[RequiredToleration],
-    path: &PointerBuf,
-    operations: &mut Vec<PatchOperation>,
-    changes: &mut Vec<Change>,
-) {
-    let existing = tolerations.unwrap_or_default();
-    let mut appended: Vec<&RequiredToleration> = Vec::new();
-    for wanted in required {
+/// The controller's tolerations, as one list of references per `hostNetwork`.
+static CONTROLLER: [&RequiredToleration; 7] = [
+    &DAEMON_TOLERATIONS[0],
+    &DAEMON_TOLERATIONS[1],
+    &DAEMON_TOLERATIONS[2],
+    &DAEMON_TOLERATIONS[3],
+    &DAEMON_TOLERATIONS[4],
+    &DAEMON_TOLERATIONS[5],
+    &HOST_NETWORK_TOLERATION,
+];
+
+/// What the template must carry: the controller's tolerations, then the policy's. An extra
+/// toleration the controller's list (or the policy, twice) already has is required once: added
+/// one after another, the second would match the first.
+pub fn required<'e>(
+    host_network: bool,
+    extra: &'e [RequiredToleration],
+) -> Cow<'e, [&'e RequiredToleration]> {
+    let controller = &CONTROLLER[..DAEMON_TOLERATIONS.len() + usize::from(host_network)];
+    if extra.is_empty() {
+        return Cow::Borrowed(controller);
+    }
+    let mut required: Vec<&RequiredToleration> = Vec::new();
+    let controller = daemon_tolerations(host_network).map(|t| -> &'e RequiredToleration { t });
+    for toleration in controller.chain(extra) {
+        if !required.iter().any(|r| r.same_toleration(toleration)) {
+            required.push(toleration);
+        }
+    }
+    Cow::Owned(required)
+}
+
+/// One change to the tolerations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TolerationChange<'p> {
+    pub toleration: &'p RequiredToleration,
+    /// `None`: appended. Else the index of a matching toleration whose tolerationSeconds was
+    /// dropped, and what it was.
+    pub updated: Option<(usize, i64)>,
+}
+
+impl TolerationChange<'_> {
+    pub fn kind(&self) -> ChangeKind {
+        match self.updated {
+            None => ChangeKind::TolerationAdded,
+            Some(_) => ChangeKind::TolerationUpdated,
+        }
+    }
+
+    /// What changed, briefly: `node.kubernetes.io/not-ready:NoExecute`.
+    pub fn subject(&self) -> &RequiredToleration {
+        self.toleration
+    }
+
+    /// One line for `response.warnings`.
+    pub fn message(&self) -> impl fmt::Display + '_ {
+        Message(self)
+    }
+}
+
+struct Message<'c, 'p>(&'c TolerationChange<'p>);
+
+impl fmt::Display for Message<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let wanted = self.0.toleration;
+        match self.0.updated {
+            Some((index, seconds)) => write!(
+                f,
+                "toleration {wanted} (tolerations[{index}]): dropped tolerationSeconds {seconds}, so it matches the one {} (without a time limit)",
+                wanted.why()
+            ),
+            None => write!(
+                f,
+                "added toleration {wanted} (operator {}), {}",
+                wanted.operator,
+                wanted.why()
+            ),
+        }
+    }
+}
+
+/// What the rule changes in one pod template.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mutation<'p> {
+    /// Whether the template has a `tolerations` list to append to (else it is added whole).
+    list_given: bool,
+    pub changes: Vec<TolerationChange<'p>>,
+    /// The tolerations appended, in order.
+    appended: Vec<&'p RequiredToleration>,
+}
+
+impl<'p> Mutation<'p> {
+    pub const RULE: Rule = Rule::Tolerations;
+
+    /// The patch operations, in order: the updates, then the appends.
+    pub fn operations(&self) -> impl Iterator<Item = Operation<'_>> {
+        let removes = self.changes.iter().filter_map(|c| {
+            let (index, _) = c.updated?;
+            Some(Operation {
+                op: Op::Remove,
+                path: Pointer::pod_spec(&[
+                    Token::Key("tolerations"),
+                    Token::Index(index),
+                    Token::Key("tolerationSeconds"),
+                ]),
+                value: Value::None,
+            })
+        });
+        let whole = (!self.list_given && !self.appended.is_empty()).then(|| Operation {
+            op: Op::Add,
+            path: Pointer::pod_spec(&[Token::Key("tolerations")]),
+            value: Value::Tolerations(&self.appended),
+        });
+        let appends = self
+            .appended
+            .iter()
+            .filter(|_| self.list_given)
+            .map(|toleration| Operation {
+                op: Op::Add,
+                path: Pointer::pod_spec(&[Token::Key("tolerations"), Token::End]),
+                value: Value::Toleration(toleration),
+            });
+        removes.chain(whole).chain(appends)
+    }
+}
+
+/// Changes `tolerations` the way `AddOrUpdateTolerationInPodSpec` does for each of `required`:
+/// every matching toleration becomes exactly the required one (which here can only mean its
+/// `tolerationSeconds` goes), and a toleration with no match is appended. Nothing is removed or
+/// reordered.
+pub fn mutate<'p>(
+    tolerations: &Given<Vec<Toleration<'_>>>,
+    required: &[&'p RequiredToleration],
+) -> Mutation<'p> {
+    let existing = &tolerations.value;
+    let mut mutation = Mutation {
+        list_given: tolerations.given,
+        ..Mutation::default()
+    };
+    for &wanted in required {
         let mut matched = false;
         for (i, toleration) in existing.iter().enumerate() {
             if !wanted.matches(toleration) {
@@ -143,96 +261,89 @@ pub fn mutate(
             }
             matched = true;
             if let Some(seconds) = toleration.toleration_seconds {
-                operations.push(PatchOperation::Remove(RemoveOperation {
-                    path: path
-                        .with_trailing_token(i.to_string())
-                        .with_trailing_token("tolerationSeconds"),
-                }));
-                changes.push(Change {
-                    kind: ChangeKind::TolerationUpdated,
-                    subject: wanted.describe(),
-                    message: format!(
-                        "toleration {} (tolerations[{i}]): dropped tolerationSeconds {seconds}, so it matches the one {} (without a time limit)",
-                        wanted.describe(),
-                        wanted.why()
-                    ),
+                mutation.changes.push(TolerationChange {
+                    toleration: wanted,
+                    updated: Some((i, seconds)),
                 });
             }
         }
         if !matched {
-            appended.push(wanted);
-            changes.push(Change {
-                kind: ChangeKind::TolerationAdded,
-                subject: wanted.describe(),
-                message: format!(
-                    "added toleration {} (operator {}), {}",
-                    wanted.describe(),
-                    wanted.operator,
-                    wanted.why()
-                ),
+            mutation.appended.push(wanted);
+            mutation.changes.push(TolerationChange {
+                toleration: wanted,
+                updated: None,
             });
         }
     }
-    if appended.is_empty() {
-        return;
-    }
-    if tolerations.is_none() {
-        operations.push(PatchOperation::Add(AddOperation {
-            path: path.clone(),
-            value: Value::Array(
-                appended
-                    .into_iter()
-                    .map(RequiredToleration::to_json)
-                    .collect(),
-            ),
-        }));
-    } else {
-        let end = path.with_trailing_token("-");
-        operations.extend(appended.into_iter().map(|t| {
-            PatchOperation::Add(AddOperation {
-                path: end.clone(),
-                value: t.to_json(),
-            })
-        }));
-    }
+    mutation
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn toleration(key: &str, operator: &str, effect: &str, seconds: Option<i64>) -> Toleration {
+    fn text(s: &str) -> Option<Cow<'_, str>> {
+        (!s.is_empty()).then_some(Cow::Borrowed(s))
+    }
+
+    fn toleration<'a>(
+        key: &'a str,
+        operator: &'a str,
+        effect: &'a str,
+        seconds: Option<i64>,
+    ) -> Toleration<'a> {
         Toleration {
-            key: (!key.is_empty()).then(|| key.to_owned()),
-            operator: (!operator.is_empty()).then(|| operator.to_owned()),
-            effect: (!effect.is_empty()).then(|| effect.to_owned()),
+            key: text(key),
+            operator: text(operator),
+            effect: text(effect),
             toleration_seconds: seconds,
             value: None,
         }
     }
 
-    fn all_daemon(host_network: bool) -> Vec<Toleration> {
+    fn all_daemon(host_network: bool) -> Vec<Toleration<'static>> {
         daemon_tolerations(host_network)
             .map(|t| toleration(&t.key, EXISTS, &t.effect, None))
             .collect()
     }
 
-    fn run_with(
-        tolerations: Option<&[Toleration]>,
-        required: &[RequiredToleration],
-    ) -> (Value, Vec<Change>) {
-        let mut ops = Vec::new();
-        let mut changes = Vec::new();
-        let path = PointerBuf::parse("/spec/template/spec/tolerations").unwrap();
-        mutate(tolerations, required, &path, &mut ops, &mut changes);
-        (serde_json::to_value(ops).unwrap(), changes)
+    /// A change as the tests look at it.
+    struct Seen {
+        kind: ChangeKind,
+        subject: String,
+        message: String,
     }
 
-    fn run(tolerations: Option<&[Toleration]>, host_network: bool) -> (Value, Vec<Change>) {
+    fn run_with(
+        tolerations: Option<&[Toleration<'_>]>,
+        required: &[RequiredToleration],
+    ) -> (Value, Vec<Seen>) {
+        let given = Given {
+            value: tolerations.map(<[_]>::to_vec).unwrap_or_default(),
+            given: tolerations.is_some(),
+        };
+        let required: Vec<&RequiredToleration> = required.iter().collect();
+        let mutation = mutate(&given, &required);
+        let ops: Vec<Operation<'_>> = mutation.operations().collect();
+        let seen = mutation
+            .changes
+            .iter()
+            .map(|c| Seen {
+                kind: c.kind(),
+                subject: c.subject().to_string(),
+                message: c.message().to_string(),
+            })
+            .collect();
+        (serde_json::to_value(ops).unwrap(), seen)
+    }
+
+    fn run(tolerations: Option<&[Toleration<'_>]>, host_network: bool) -> (Value, Vec<Seen>) {
         run_with(
             tolerations,
-            &daemon_tolerations(host_network).collect::<Vec<_>>(),
+            &daemon_tolerations(host_network)
+                .cloned()
+                .collect::<Vec<_>>(),
         )
     }
 
@@ -275,7 +386,7 @@ mod tests {
                 None,
             ),
             Toleration {
-                value: Some("agents".into()),
+                value: text("agents"),
                 ..toleration("dedicated", EQUAL, "", Some(5))
             },
         ];
@@ -394,7 +505,7 @@ mod tests {
                 Some(5),
             ),
             Toleration {
-                value: Some("x".to_owned()),
+                value: text("x"),
                 ..toleration(
                     "node.kubernetes.io/disk-pressure",
                     EXISTS,

@@ -1,6 +1,8 @@
 //! Prometheus metrics: controller-runtime's webhook metrics under their own names and labels, so
 //! existing dashboards and alerts work, and the webhook's own under `daemonset_webhook_`.
-//! Every series a dashboard might plot is created at zero before the first request.
+//! Every series a dashboard might plot is created at zero before the first request, and the
+//! handles a review touches are looked up once, at start: recording a review is a few atomic
+//! adds. What a review decided arrives as an [`admission::Record`] of labels and counts.
 
 use std::time::Duration;
 
@@ -11,13 +13,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::policy::{ChangeKind, Exemption, Rule, Verdict, Violation};
+use crate::admission::{self, Action, Endpoint, Record};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The review endpoints, as the `webhook` label spells them (controller-runtime uses the path).
-pub const WEBHOOKS: [&str; 2] = ["/mutate", "/validate"];
 
 /// Latency buckets fine enough for reviews that take tens of microseconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -27,68 +26,87 @@ const LATENCY_BUCKETS: [f64; 16] = [
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
-    webhook: String,
+    webhook: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    webhook: String,
-    code: String,
+    webhook: &'static str,
+    code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
-    webhook: String,
-    allowed: String,
-    admission_code: String,
+    webhook: &'static str,
+    allowed: bool,
+    admission_code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
-    rule: String,
+    rule: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
-    rule: String,
-    action: String,
+    rule: &'static str,
+    action: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    kind: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    reason: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    result: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
-    version: String,
+    version: &'static str,
+}
+
+/// The handles of one webhook's series that every review touches.
+#[derive(Debug)]
+struct WebhookHandles {
+    ok: Counter,
+    latency: Histogram,
+    in_flight: Gauge,
+    allowed: Counter,
+    denied: Counter,
+}
+
+/// Counters by label, looked up by the label's text (a handful each).
+#[derive(Debug)]
+struct ByLabel<L>(Vec<(L, Counter)>);
+
+impl<L: PartialEq> ByLabel<L> {
+    fn get(&self, label: &L) -> Option<&Counter> {
+        self.0.iter().find(|(l, _)| l == label).map(|(_, c)| c)
+    }
 }
 
 /// The metrics the server records.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    latency: Family<WebhookLabels, Histogram>,
-    in_flight: Family<WebhookLabels, Gauge>,
-    panics: Counter,
     responses: Family<ResponseLabels, Counter>,
-    violations: Family<RuleLabels, Counter>,
-    decisions: Family<DecisionLabels, Counter>,
-    mutations: Family<KindLabels, Counter>,
-    exemptions: Family<ReasonLabels, Counter>,
-    certificate_reloads: Family<ResultLabels, Counter>,
+    webhooks: [WebhookHandles; 2],
+    panics: Counter,
+    violations: ByLabel<&'static str>,
+    decisions: ByLabel<(&'static str, Action)>,
+    mutations: [Counter; 3],
+    exemptions: ByLabel<&'static str>,
+    certificate_reloads: [Counter; 2],
     certificate_expiry: Gauge,
-    policy_reloads: Family<ResultLabels, Counter>,
+    policy_reloads: [Counter; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,46 +115,21 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn labels<T: From<Vec<String>>>(values: &[&str]) -> T {
-    T::from(values.iter().map(|v| (*v).to_owned()).collect())
-}
-
-macro_rules! from_values {
-    ($t:ident { $($field:ident),+ }) => {
-        impl From<Vec<String>> for $t {
-            fn from(values: Vec<String>) -> Self {
-                let mut values = values.into_iter();
-                Self { $($field: values.next().unwrap_or_default()),+ }
-            }
-        }
-    };
-}
-from_values!(WebhookLabels { webhook });
-from_values!(RequestLabels { webhook, code });
-from_values!(ResponseLabels {
-    webhook,
-    allowed,
-    admission_code
-});
-from_values!(RuleLabels { rule });
-from_values!(DecisionLabels { rule, action });
-from_values!(KindLabels { kind });
-from_values!(ReasonLabels { reason });
-from_values!(ResultLabels { result });
-
-/// The `rule` label of a violation of no rule: an object that could not be read.
-const UNREADABLE: &str = "unreadable";
-
-fn violation_rule(violation: &Violation) -> &'static str {
-    violation.rule.map_or(UNREADABLE, Rule::as_str)
-}
-const MUTATION_KINDS: [&str; 3] = ["toleration", "limits", "requests"];
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
 }
+
+fn index(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::Mutate => 0,
+        Endpoint::Validate => 1,
+    }
+}
+
+/// `success` and `error`, the `result` label of reloads.
+const RESULTS: [&str; 2] = ["success", "error"];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -223,141 +216,144 @@ impl Metrics {
         );
         build_info
             .get_or_create(&VersionLabels {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
+                version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
 
-        let metrics = Self {
+        // Every series a dashboard plots exists from the start, at zero.
+        let webhooks = Endpoint::ALL.map(|endpoint| {
+            let webhook = endpoint.path();
+            let response = |allowed, admission_code| {
+                responses
+                    .get_or_create(&ResponseLabels {
+                        webhook,
+                        allowed,
+                        admission_code,
+                    })
+                    .clone()
+            };
+            WebhookHandles {
+                ok: requests
+                    .get_or_create(&RequestLabels { webhook, code: 200 })
+                    .clone(),
+                latency: latency.get_or_create(&WebhookLabels { webhook }).clone(),
+                in_flight: in_flight.get_or_create(&WebhookLabels { webhook }).clone(),
+                allowed: response(true, 200),
+                denied: response(false, 422),
+            }
+        });
+        let rule_counter = |rule| violations.get_or_create(&RuleLabels { rule }).clone();
+        let violations_by_rule = ByLabel(
+            admission::violation_labels()
+                .map(|rule| (rule, rule_counter(rule)))
+                .collect(),
+        );
+        let decisions_by_rule = ByLabel(
+            admission::rule_labels()
+                .flat_map(|rule| Action::ALL.map(|action| (rule, action)))
+                .map(|(rule, action)| {
+                    let counter = decisions
+                        .get_or_create(&DecisionLabels {
+                            rule,
+                            action: action.as_str(),
+                        })
+                        .clone();
+                    ((rule, action), counter)
+                })
+                .collect(),
+        );
+        let mutations = admission::MUTATION_KINDS
+            .map(|kind| mutations.get_or_create(&KindLabels { kind }).clone());
+        let exemptions = ByLabel(
+            admission::EXEMPTION_REASONS
+                .iter()
+                .map(|&reason| {
+                    let counter = exemptions.get_or_create(&ReasonLabels { reason }).clone();
+                    (reason, counter)
+                })
+                .collect(),
+        );
+        let results = |family: &Family<ResultLabels, Counter>| {
+            RESULTS.map(|result| family.get_or_create(&ResultLabels { result }).clone())
+        };
+        Self {
+            certificate_reloads: results(&certificate_reloads),
+            policy_reloads: results(&policy_reloads),
             registry,
             requests,
-            latency,
-            in_flight,
-            panics,
             responses,
-            violations,
-            decisions,
+            webhooks,
+            panics,
+            violations: violations_by_rule,
+            decisions: decisions_by_rule,
             mutations,
             exemptions,
-            certificate_reloads,
             certificate_expiry,
-            policy_reloads,
-        };
-        metrics.initialize();
-        metrics
-    }
-
-    /// Creates at zero the series dashboards plot, so rates exist before the first event.
-    fn initialize(&self) {
-        for webhook in WEBHOOKS {
-            let _ = self.requests.get_or_create(&labels(&[webhook, "200"]));
-            let _ = self.latency.get_or_create(&labels(&[webhook]));
-            let _ = self.in_flight.get_or_create(&labels(&[webhook]));
-            for (allowed, code) in [("true", "200"), ("false", "422")] {
-                let _ = self
-                    .responses
-                    .get_or_create(&labels(&[webhook, allowed, code]));
-            }
-        }
-        // Every rule may deny (an invalid quantity is the resources rule's), and an object
-        // may be unreadable.
-        for rule in Rule::ALL.map(Rule::as_str).into_iter().chain([UNREADABLE]) {
-            let _ = self.violations.get_or_create(&labels(&[rule]));
-        }
-        for rule in Rule::ALL {
-            for action in ["deny", "warn", "patch"] {
-                let _ = self
-                    .decisions
-                    .get_or_create(&labels(&[rule.as_str(), action]));
-            }
-        }
-        for kind in MUTATION_KINDS {
-            let _ = self.mutations.get_or_create(&labels(&[kind]));
-        }
-        for reason in [Exemption::Namespace(String::new()), Exemption::Annotation]
-            .iter()
-            .map(Exemption::reason)
-        {
-            let _ = self.exemptions.get_or_create(&labels(&[reason]));
-        }
-        for result in ["success", "error"] {
-            let _ = self.certificate_reloads.get_or_create(&labels(&[result]));
-            let _ = self.policy_reloads.get_or_create(&labels(&[result]));
         }
     }
 
     /// Counts a request in flight until the guard drops.
-    pub fn in_flight(&self, webhook: &'static str) -> InFlight {
-        let gauge = self.in_flight.get_or_create(&labels(&[webhook])).clone();
+    pub fn in_flight(&self, endpoint: Endpoint) -> InFlight {
+        let gauge = self.webhooks[index(endpoint)].in_flight.clone();
         gauge.inc();
         InFlight(gauge)
     }
 
     /// Records an answered request: its HTTP status and latency.
-    pub fn request(&self, webhook: &str, code: u16, latency: Duration) {
-        self.requests
-            .get_or_create(&labels(&[webhook, &code.to_string()]))
-            .inc();
-        self.latency
-            .get_or_create(&labels(&[webhook]))
-            .observe(latency.as_secs_f64());
+    pub fn request(&self, endpoint: Endpoint, code: u16, latency: Duration) {
+        let handles = &self.webhooks[index(endpoint)];
+        if code == 200 {
+            handles.ok.inc();
+        } else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    webhook: endpoint.path(),
+                    code,
+                })
+                .inc();
+        }
+        handles.latency.observe(latency.as_secs_f64());
     }
 
-    /// Records an admission response and what the policy decided.
-    pub fn response(&self, webhook: &str, allowed: bool, code: u16, verdict: Option<&Verdict>) {
-        self.responses
-            .get_or_create(&labels(&[webhook, &allowed.to_string(), &code.to_string()]))
-            .inc();
-        let Some(verdict) = verdict else {
-            return;
+    /// Records an admission response and what the review decided.
+    pub fn response(&self, endpoint: Endpoint, record: &Record) {
+        let handles = &self.webhooks[index(endpoint)];
+        match (record.allowed, record.code) {
+            (true, 200) => handles.allowed.inc(),
+            (false, 422) => handles.denied.inc(),
+            (allowed, admission_code) => self
+                .responses
+                .get_or_create(&ResponseLabels {
+                    webhook: endpoint.path(),
+                    allowed,
+                    admission_code,
+                })
+                .inc(),
         };
-        if let Some(exemption) = &verdict.exemption {
-            self.exemptions
-                .get_or_create(&labels(&[exemption.reason()]))
-                .inc();
-            return;
-        }
-        let mut denied: Vec<&str> = Vec::new();
-        for violation in &verdict.violations {
-            let rule = violation_rule(violation);
-            self.violations.get_or_create(&labels(&[rule])).inc();
-            denied.push(rule);
-        }
-        let mut warned: Vec<&str> = Vec::new();
-        for violation in &verdict.warned_violations {
-            let rule = violation_rule(violation);
-            self.violations.get_or_create(&labels(&[rule])).inc();
-            warned.push(rule);
-        }
-        warned.extend(
-            verdict
-                .warned_changes
-                .iter()
-                .map(|c| c.kind.rule().as_str()),
-        );
-        let patched: Vec<&str> = if webhook == WEBHOOKS[0] && verdict.allowed() {
-            for change in &verdict.changes {
-                let kinds: &[&str] = match change.kind {
-                    ChangeKind::TolerationAdded | ChangeKind::TolerationUpdated => &["toleration"],
-                    ChangeKind::Limit => &["limits"],
-                    ChangeKind::LimitAndRequest => &["limits", "requests"],
-                };
-                for kind in kinds {
-                    self.mutations.get_or_create(&labels(&[kind])).inc();
-                }
+        if let Some(reason) = record.exemption {
+            if let Some(counter) = self.exemptions.get(&reason) {
+                counter.inc();
             }
-            verdict
-                .changes
+            return;
+        }
+        for (rule, count) in &record.violations {
+            if let Some(counter) = self.violations.get(rule) {
+                counter.inc_by(*count as u64);
+            }
+        }
+        for action in &record.actions {
+            if let Some(counter) = self.decisions.get(action) {
+                counter.inc();
+            }
+        }
+        let patched = record.patched;
+        for (counter, count) in
+            self.mutations
                 .iter()
-                .map(|c| c.kind.rule().as_str())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for (action, mut rules) in [("deny", denied), ("warn", warned), ("patch", patched)] {
-            rules.sort_unstable();
-            rules.dedup();
-            for rule in rules {
-                self.decisions.get_or_create(&labels(&[rule, action])).inc();
+                .zip([patched.tolerations, patched.limits, patched.requests])
+        {
+            if count > 0 {
+                counter.inc_by(count as u64);
             }
         }
     }
@@ -367,10 +363,7 @@ impl Metrics {
     }
 
     pub fn certificate_reload(&self, success: bool, expiry_unix: Option<i64>) {
-        let result = if success { "success" } else { "error" };
-        self.certificate_reloads
-            .get_or_create(&labels(&[result]))
-            .inc();
+        self.certificate_reloads[usize::from(!success)].inc();
         if let Some(expiry) = expiry_unix {
             self.certificate_expiry.set(expiry);
         }
@@ -381,8 +374,7 @@ impl Metrics {
     }
 
     pub fn policy_reload(&self, success: bool) {
-        let result = if success { "success" } else { "error" };
-        self.policy_reloads.get_or_create(&labels(&[result])).inc();
+        self.policy_reloads[usize::from(!success)].inc();
     }
 
     /// The Prometheus (OpenMetrics) text exposition.
@@ -442,23 +434,37 @@ mod tests {
     fn records_requests_responses_and_decisions() {
         let metrics = Metrics::new();
         {
-            let _guard = metrics.in_flight("/mutate");
+            let _guard = metrics.in_flight(Endpoint::Mutate);
             assert!(
                 metrics.encode().contains(
                     r#"controller_runtime_webhook_requests_in_flight{webhook="/mutate"} 1"#
                 )
             );
         }
-        metrics.request("/mutate", 200, Duration::from_micros(80));
-        let object = serde_json::json!({
-            "metadata": { "name": "x" },
-            "spec": {
-                "selector": { "matchLabels": { "a": "b" } },
-                "template": { "metadata": { "labels": { "a": "b" } }, "spec": { "containers": [{ "name": "c" }] } },
+        metrics.request(Endpoint::Mutate, 200, Duration::from_micros(80));
+        let review = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": { "group": "apps", "version": "v1", "kind": "DaemonSet" },
+                "operation": "CREATE",
+                "object": {
+                    "metadata": { "name": "x" },
+                    "spec": {
+                        "selector": { "matchLabels": { "a": "b" } },
+                        "template": { "metadata": { "labels": { "a": "b" } }, "spec": { "containers": [{ "name": "c" }] } },
+                    },
+                },
             },
         });
-        let verdict = crate::policy::review(&object, None, &Default::default());
-        metrics.response("/mutate", true, 200, Some(&verdict));
+        let reviewed = admission::review(
+            &serde_json::to_vec(&review).unwrap(),
+            Endpoint::Mutate,
+            &Default::default(),
+        )
+        .unwrap();
+        metrics.response(Endpoint::Mutate, &reviewed.record);
         let text = metrics.encode();
         assert_eq!(
             value(

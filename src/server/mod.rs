@@ -30,8 +30,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::admission::{self, Endpoint, EnvelopeError, ReviewOutcome};
-use crate::policy::{ChangeKind, Decision, Policy, Verdict};
+use crate::admission::{self, Endpoint, EnvelopeError, Record};
+use crate::policy::Policy;
 use metrics::Metrics;
 
 /// The largest AdmissionReview accepted.
@@ -171,7 +171,7 @@ async fn validate(State(state): State<AppState>, request: Request) -> Response {
 async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Response {
     let started = Instant::now();
     let webhook = endpoint.path();
-    let _in_flight = state.metrics.in_flight(webhook);
+    let _in_flight = state.metrics.in_flight(endpoint);
     let result = match read_review_body(request, state.body_read_timeout).await {
         Ok(body) => {
             if state.log_objects {
@@ -183,20 +183,10 @@ async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Respon
     };
     let latency = started.elapsed();
     let response = match result {
-        Ok(outcome) => {
-            log_review(webhook, &outcome, latency);
-            let code = outcome
-                .response
-                .status
-                .as_ref()
-                .map_or(200, |status| status.code);
-            state.metrics.response(
-                webhook,
-                outcome.response.allowed,
-                code,
-                outcome.verdict.as_ref(),
-            );
-            json_response(StatusCode::OK, outcome.body)
+        Ok(reviewed) => {
+            log_review(webhook, &reviewed.record, latency);
+            state.metrics.response(endpoint, &reviewed.record);
+            json_response(StatusCode::OK, reviewed.body)
         }
         Err(error) => {
             tracing::warn!(webhook, %error, "rejected a malformed review");
@@ -205,55 +195,57 @@ async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Respon
     };
     state
         .metrics
-        .request(webhook, response.status().as_u16(), latency);
+        .request(endpoint, response.status().as_u16(), latency);
     response
 }
 
+/// `tolerations=6 limits=2 requests=2`, or nothing when nothing was patched.
+struct PatchedCounts<'a>(&'a Record);
+
+impl std::fmt::Display for PatchedCounts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let record = self.0;
+        if record.patch_operations == 0 {
+            return Ok(());
+        }
+        let patched = record.patched;
+        write!(
+            f,
+            "tolerations={} limits={} requests={}",
+            patched.tolerations, patched.limits, patched.requests
+        )
+    }
+}
+
+/// The violations' fields, comma-separated.
+struct Fields<'a>(&'a [String]);
+
+impl std::fmt::Display for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, field) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(field)?;
+        }
+        Ok(())
+    }
+}
+
 /// One line per review: who, what was decided, what was patched, how long it took. Never the
-/// object itself.
-fn log_review(webhook: &'static str, outcome: &ReviewOutcome, latency: Duration) {
-    let summary = &outcome.summary;
-    let verdict = outcome.verdict.as_ref();
-    let decision = match verdict.map(Verdict::decision) {
-        Some(Decision::Exempt(_)) => "exempt",
-        _ if !summary.allowed => "denied",
-        _ if summary.patch_operations > 0 => "patched",
-        _ => "allowed",
-    };
-    let patched = verdict
-        .filter(|_| summary.patch_operations > 0)
-        .map(|v| {
-            let count =
-                |kinds: &[ChangeKind]| v.changes.iter().filter(|c| kinds.contains(&c.kind)).count();
-            format!(
-                "tolerations={} limits={} requests={}",
-                count(&[ChangeKind::TolerationAdded, ChangeKind::TolerationUpdated]),
-                count(&[ChangeKind::Limit, ChangeKind::LimitAndRequest]),
-                count(&[ChangeKind::LimitAndRequest])
-            )
-        })
-        .unwrap_or_default();
-    let violations = verdict
-        .map(|v| {
-            v.violations
-                .iter()
-                .chain(&v.warned_violations)
-                .map(|e| e.error.field.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+/// object itself. Its fields are formatted only when the line is written.
+fn log_review(webhook: &'static str, record: &Record, latency: Duration) {
     tracing::info!(
         webhook,
-        uid = %summary.uid,
-        operation = %summary.operation,
-        kind = %summary.kind,
-        namespace = %summary.namespace,
-        name = %summary.name,
-        decision,
-        patched = %patched,
-        violations = %violations,
-        warnings = outcome.response.warnings.len(),
+        uid = %record.uid,
+        operation = %record.operation,
+        kind = %record.kind,
+        namespace = %record.namespace,
+        name = %record.name,
+        decision = record.outcome.as_str(),
+        patched = %PatchedCounts(record),
+        violations = %Fields(&record.violation_fields),
+        warnings = record.warnings,
         latency_us = latency.as_micros() as u64,
         "review"
     );
@@ -278,10 +270,7 @@ async fn read_review_body(
             ));
         }
         Ok(Err(error)) if error.is::<LengthLimitError>() => {
-            return Err(EnvelopeError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            ));
+            return Err(EnvelopeError::too_large());
         }
         Ok(Err(error)) => {
             return Err(EnvelopeError::new(
