@@ -296,7 +296,7 @@ pub fn main() -> ExitCode {
         None => cli.serve.log_format,
         Some(_) => LogFormat::Text,
     };
-    init_logging(log_format);
+    let _flush_logs = init_logging(log_format);
     match cli.command {
         Some(Command::Serve(mut args)) => {
             let sub = matches
@@ -449,29 +449,15 @@ fn tls_paths_defaulted(matches: &ArgMatches) -> bool {
 }
 
 /// Logs to stderr: JSON lines (one object per event, fields at the top level) for log
-/// pipelines, or text for people; `auto` picks text on a terminal.
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// pipelines, or text for people; `auto` picks text on a terminal. The guard flushes at exit.
+fn init_logging(format: LogFormat) -> Option<crate::logging::Flush> {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !terminal,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init();
-    } else {
-        builder.with_ansi(terminal).init();
-    }
+    crate::logging::init(json, terminal)
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {

@@ -489,13 +489,17 @@ impl fmt::Display for WarningLine<'_> {
                     "daemonset-webhook: exempt ({exemption}); allowed untouched"
                 )
             }
-            WarningLine::WarnedViolation(v) => write!(f, "would be denied (policy mode warn): {v}"),
+            WarningLine::WarnedViolation(v) => {
+                f.write_str("would be denied (policy mode warn): ")?;
+                fmt::Display::fmt(v, f)
+            }
             WarningLine::WarnedOmitted(n) => {
                 write!(f, "would be denied (policy mode warn): and {n} more errors")
             }
             WarningLine::Change(change) => change.message().fmt(f),
             WarningLine::WarnedChange(change) => {
-                write!(f, "not applied (policy mode warn): {}", change.message())
+                f.write_str("not applied (policy mode warn): ")?;
+                fmt::Display::fmt(&change.message(), f)
             }
         }
     }

@@ -275,7 +275,9 @@ struct Subject<'c, 'p>(ResourceChange<'c, 'p>);
 
 impl fmt::Display for Subject<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.0.container, self.0.set.name)
+        fmt::Display::fmt(self.0.container, f)?;
+        f.write_str(" ")?;
+        f.write_str(self.0.set.name)
     }
 }
 
@@ -283,28 +285,30 @@ struct Message<'c, 'p>(ResourceChange<'c, 'p>);
 
 impl fmt::Display for Message<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Piece by piece: a format string's machinery costs more than the text.
         let ResourceChange { container, set } = self.0;
-        let name = set.name;
+        fmt::Display::fmt(container, f)?;
+        f.write_str(": set ")?;
+        f.write_str(set.name)?;
+        f.write_str(" limit ")?;
+        f.write_str(set.limit())?;
         match &set.how {
-            How::LimitAndRequest { limit, request } => write!(
-                f,
-                "{container}: set {name} limit {limit} and request {request} (it had neither)"
-            ),
-            How::Limit { limit } => write!(
-                f,
-                "{container}: set {name} limit {limit} (it had neither limit nor request)"
-            ),
-            How::LimitOfRequest {
-                request,
-                default_limit,
-            } => write!(
-                f,
-                "{container}: set {name} limit {request} equal to its request (above the default limit {default_limit})"
-            ),
-            How::DefaultLimit { limit, request } => write!(
-                f,
-                "{container}: set {name} limit {limit} (it had a request of {request} but no limit)"
-            ),
+            How::LimitAndRequest { request, .. } => {
+                f.write_str(" and request ")?;
+                f.write_str(request)?;
+                f.write_str(" (it had neither)")
+            }
+            How::Limit { .. } => f.write_str(" (it had neither limit nor request)"),
+            How::LimitOfRequest { default_limit, .. } => {
+                f.write_str(" equal to its request (above the default limit ")?;
+                f.write_str(default_limit)?;
+                f.write_str(")")
+            }
+            How::DefaultLimit { request, .. } => {
+                f.write_str(" (it had a request of ")?;
+                f.write_str(request)?;
+                f.write_str(" but no limit)")
+            }
         }
     }
 }

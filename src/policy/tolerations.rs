@@ -99,11 +99,13 @@ impl fmt::Display for RequiredToleration {
         } else {
             &self.effect
         };
-        if self.value.is_empty() {
-            write!(f, "{key}:{effect}")
-        } else {
-            write!(f, "{key}={}:{effect}", self.value)
+        f.write_str(key)?;
+        if !self.value.is_empty() {
+            f.write_str("=")?;
+            f.write_str(&self.value)?;
         }
+        f.write_str(":")?;
+        f.write_str(effect)
     }
 }
 
@@ -178,19 +180,28 @@ struct Message<'c, 'p>(&'c TolerationChange<'p>);
 
 impl fmt::Display for Message<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Piece by piece: a format string's machinery costs more than the text.
         let wanted = self.0.toleration;
         match self.0.updated {
-            Some((index, seconds)) => write!(
-                f,
-                "toleration {wanted} (tolerations[{index}]): dropped tolerationSeconds {seconds}, so it matches the one {} (without a time limit)",
-                wanted.why()
-            ),
-            None => write!(
-                f,
-                "added toleration {wanted} (operator {}), {}",
-                wanted.operator,
-                wanted.why()
-            ),
+            Some((index, seconds)) => {
+                f.write_str("toleration ")?;
+                fmt::Display::fmt(wanted, f)?;
+                write!(
+                    f,
+                    " (tolerations[{index}]): dropped tolerationSeconds {seconds}"
+                )?;
+                f.write_str(", so it matches the one ")?;
+                f.write_str(wanted.why())?;
+                f.write_str(" (without a time limit)")
+            }
+            None => {
+                f.write_str("added toleration ")?;
+                fmt::Display::fmt(wanted, f)?;
+                f.write_str(" (operator ")?;
+                f.write_str(&wanted.operator)?;
+                f.write_str("), ")?;
+                f.write_str(wanted.why())
+            }
         }
     }
 }

@@ -208,6 +208,11 @@ impl Metrics {
             "Policy file reloads, by result.",
             policy_reloads.clone(),
         );
+        registry.register(
+            "daemonset_webhook_log_lines_dropped",
+            "Log lines not written: stderr too slow (its queue full) or failing.",
+            crate::logging::dropped_lines().clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "daemonset_webhook_build_info",
@@ -424,6 +429,8 @@ mod tests {
         ] {
             assert_eq!(value(&text, series), Some(0.0), "{series} in\n{text}");
         }
+        // Process-wide: other tests in this binary may have dropped lines already.
+        assert!(value(&text, "daemonset_webhook_log_lines_dropped_total").is_some());
         assert!(
             text.contains(r#"le="5e-5""#) || text.contains(r#"le="0.00005""#),
             "{text}"

@@ -70,6 +70,9 @@ pub struct StartOptions {
     /// The working directory; the harness's temporary directory when `None`.
     pub cwd: Option<PathBuf>,
     pub certs: Certs,
+    /// Close the read end of the server's stderr once it has said where it listens: every
+    /// later log line meets a broken pipe.
+    pub close_stderr_after_start: bool,
 }
 
 /// A running `daemonset-webhook`, killed when dropped.
@@ -130,6 +133,7 @@ impl Server {
         let (tx, rx) = mpsc::channel::<SocketAddr>();
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = logs.clone();
+        let close_after_start = options.close_stderr_after_start;
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stderr);
             let mut line = Vec::new();
@@ -141,12 +145,16 @@ impl Server {
                     Ok(_) => {}
                 }
                 let text = String::from_utf8_lossy(&line).into_owned();
+                sink.lock().unwrap().push_str(&text);
                 if let Some(addr) = parse_listening(&text)
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(addr);
+                    if close_after_start {
+                        // Dropping the reader closes the pipe's read end.
+                        break;
+                    }
                 }
-                sink.lock().unwrap().push_str(&text);
             }
             // Dropping `tx` here tells the starter that the process closed stderr.
         });
@@ -188,8 +196,21 @@ impl Server {
         self.child.id()
     }
 
-    /// Everything the server has logged so far.
+    /// Everything the server has logged so far. The server writes its log from a thread of
+    /// its own, a few milliseconds behind the events: this waits for the log to stop growing
+    /// (50 ms without a new byte, at most two seconds) so that what just happened is in it.
     pub fn logs(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut seen = self.logs.lock().unwrap().len();
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_millis(50) {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = self.logs.lock().unwrap().len();
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
+        }
         self.logs.lock().unwrap().clone()
     }
 
