@@ -236,13 +236,13 @@ fn toleration(
             t.effect
         ));
     }
-    Ok(RequiredToleration {
-        key: t.key.clone().into(),
-        operator: operator.into(),
-        value: t.value.clone().into(),
-        effect: t.effect.clone().into(),
-        origin: Origin::Policy,
-    })
+    Ok(RequiredToleration::new(
+        t.key.clone().into(),
+        operator.into(),
+        t.value.clone().into(),
+        t.effect.clone().into(),
+        Origin::Policy,
+    ))
 }
 
 /// The container resources whose request may be below the limit.

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod config;
+mod json;
 pub mod logging;
 pub mod policy;
 pub mod server;

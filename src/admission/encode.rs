@@ -52,19 +52,25 @@ impl Answer<'_, '_> {
         }
         if let Some(patch) = self.patch.filter(|p| !p.is_empty()) {
             out.extend_from_slice(b",\"patch\":\"");
-            {
-                // serde_json writes token by token; the buffer hands the encoder whole blocks.
-                let encoder = base64::write::EncoderWriter::new(
-                    &mut out,
+            // Base64 in blocks as the patch is written: a patch of megabytes is never held
+            // twice.
+            const BLOCK: usize = 48 * 1024;
+            let mut json = Vec::with_capacity(BLOCK.min(patch.len() * 256) + 256);
+            let mut encode = |json: &mut Vec<u8>, all: bool| {
+                let take = if all { json.len() } else { json.len() / 3 * 3 };
+                let start = out.len();
+                out.resize(start + take.div_ceil(3) * 4, 0);
+                let written = base64::Engine::encode_slice(
                     &base64::engine::general_purpose::STANDARD,
-                );
-                let mut buffered = std::io::BufWriter::with_capacity(16 * 1024, encoder);
-                // Writing into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut buffered, patch);
-                if let Ok(mut encoder) = buffered.into_inner() {
-                    let _ = encoder.finish();
-                }
-            }
+                    &json[..take],
+                    &mut out[start..],
+                )
+                .unwrap_or(0);
+                out.truncate(start + written);
+                json.drain(..take);
+            };
+            patch.write_json_draining(&mut json, BLOCK, |json| encode(json, false));
+            encode(&mut json, true);
             out.extend_from_slice(b"\",\"patchType\":\"JSONPatch\"");
         }
         let mut warnings = 0;
@@ -82,7 +88,11 @@ impl Answer<'_, '_> {
                 }
                 out.push(b'}');
             }
-            let mut lines = FittedWarnings::default();
+            let mut lines = FittedWarnings {
+                json: Vec::with_capacity(2048),
+                scratch: String::with_capacity(256),
+                ..FittedWarnings::default()
+            };
             for line in verdict.warning_lines(mutations) {
                 lines.push(line);
             }
@@ -99,71 +109,7 @@ impl Answer<'_, '_> {
     }
 }
 
-/// Word-at-a-time tests over eight bytes (SWAR): whether any byte is below `n` (for `n` up
-/// to 0x80), or equal to `b`.
-const LOW: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-fn any_below(word: u64, n: u8) -> bool {
-    word.wrapping_sub(LOW * u64::from(n)) & !word & HIGH != 0
-}
-
-fn any_equal(word: u64, b: u8) -> bool {
-    any_below(word ^ (LOW * u64::from(b)), 1)
-}
-
-fn word(bytes: &[u8], at: usize) -> Option<u64> {
-    let chunk: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
-    Some(u64::from_le_bytes(chunk))
-}
-
-/// Writes `s` as a JSON string, as serde_json writes it, in one pass straight into the buffer:
-/// eight bytes at a time while none needs an escape (serde_json goes byte by byte, through
-/// `io::Write`).
-fn string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(w) = word(bytes, i)
-            && !any_below(w, 0x20)
-            && !any_equal(w, b'"')
-            && !any_equal(w, b'\\')
-        {
-            i += 8;
-            continue;
-        }
-        let b = bytes[i];
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => &[],
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            let hex = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]];
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hex[0], hex[1]]);
-        } else {
-            out.extend_from_slice(escape);
-        }
-        i += 1;
-        start = i;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
+use crate::json::string;
 
 /// `metav1.Status` of a denial: the API server's own `Invalid`, 422, one cause per violation
 /// (the first [`crate::policy::ErrorList::MAX`]; the message counts the rest).
@@ -309,7 +255,7 @@ pub fn fit_warnings<T: fmt::Display>(lines: impl Iterator<Item = T>) -> Vec<Stri
 /// Escapes control characters (a map key may hold a newline), since a warning becomes an HTTP
 /// `Warning` header and one line of `kubectl` output.
 fn one_line(s: &str) -> Cow<'_, str> {
-    if !has_control(s.as_bytes()) {
+    if !crate::json::has_control(s.as_bytes()) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -321,31 +267,6 @@ fn one_line(s: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
-}
-
-/// Whether `bytes` (UTF-8) hold a control character: C0, DEL, or C1 (U+0080..U+009F, encoded
-/// 0xC2 0x80..0x9F). Eight bytes at a time where none can be one.
-fn has_control(bytes: &[u8]) -> bool {
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(w) = word(bytes, i)
-            && !any_below(w, 0x20)
-            && !any_equal(w, 0x7f)
-            && !any_equal(w, 0xc2)
-        {
-            i += 8;
-            continue;
-        }
-        let b = bytes[i];
-        if b < 0x20
-            || b == 0x7f
-            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
-        {
-            return true;
-        }
-        i += 1;
-    }
-    false
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
@@ -467,42 +388,6 @@ mod tests {
     fn warnings_are_single_lines() {
         let warnings = fit_warnings(["key \"a\nb\r\u{7}\" ignored", "c1 \u{85} é"].iter());
         assert_eq!(warnings, ["key \"a\\nb\\r\\u{7}\" ignored", "c1 \\u{85} é"]);
-    }
-
-    #[test]
-    fn control_characters_are_found_wherever_they_are() {
-        assert!(!has_control(
-            "plain text that is longer than eight bytes é ü".as_bytes()
-        ));
-        for control in ["\n", "\u{0}", "\u{7f}", "\u{85}", "\u{9f}"] {
-            for at in 0..20 {
-                let text = format!("{}{control}{}", "a".repeat(at), "b".repeat(20 - at));
-                assert!(has_control(text.as_bytes()), "{text:?}");
-            }
-        }
-        // 0xC2 starts other characters too (U+00A0..U+00BF).
-        assert!(!has_control("\u{a0}\u{bf}".as_bytes()));
-    }
-
-    #[test]
-    fn strings_are_written_as_serde_json_writes_them() {
-        for at in 0..20 {
-            let padded = format!("{}\"{}", "x".repeat(at), "y".repeat(20 - at));
-            let mut out = Vec::new();
-            string(&mut out, &padded);
-            assert_eq!(out, serde_json::to_vec(&padded).unwrap(), "{padded:?}");
-        }
-        for s in [
-            "plain",
-            "a \"quote\" and \\",
-            "tab\tnew\nline\r\u{1}\u{1f}\u{7f}",
-            "é ü \u{2028}",
-            "",
-        ] {
-            let mut out = Vec::new();
-            string(&mut out, s);
-            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
-        }
     }
 
     #[test]

@@ -795,6 +795,22 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_of_megabytes_is_encoded_whole() {
+        // More than the 48 KiB blocks the patch is base64-encoded in.
+        let mut object = daemonset();
+        object["spec"]["template"]["spec"]["containers"] = (0..3000)
+            .map(|i| json!({ "name": format!("c{i}"), "image": "x" }))
+            .collect();
+        let answer = send(&review_of(object.clone(), "CREATE"), Endpoint::Mutate);
+        let patch = decoded_patch(&answer);
+        assert_eq!(patch.len(), 3001);
+        let verdict = crate::policy::review(&object, None, &Policy::default())
+            .patch()
+            .to_value();
+        assert_eq!(serde_json::to_value(&patch).unwrap(), verdict);
+    }
+
+    #[test]
     fn a_repeated_key_is_merged_and_warned_about() {
         let text = serde_json::to_string(&review_of(daemonset(), "CREATE")).unwrap();
         let repeated = text.replace(

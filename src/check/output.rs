@@ -138,7 +138,7 @@ impl<'a> Reporter<'a> {
                             "item": finding.item,
                             "namespace": finding.namespace,
                             "name": finding.name,
-                            "patch": finding.verdict.as_ref().map(|v| v.patch()),
+                            "patch": finding.verdict.as_ref().map(|v| v.patch().to_value()),
                         });
                         let _ = writeln!(self.out, "{line}");
                     }
@@ -382,6 +382,6 @@ fn finding_json(finding: &Finding) -> Value {
             "subject": change.subject().to_string(),
             "message": change.message().to_string(),
         })).collect::<Vec<_>>()).unwrap_or_default(),
-        "patch": verdict.map_or_else(|| json!([]), |v| serde_json::to_value(v.patch()).unwrap_or_default()),
+        "patch": verdict.map_or_else(|| json!([]), |v| v.patch().to_value()),
     })
 }

@@ -1172,13 +1172,13 @@ mod tests {
             init_containers: false,
             ..Policy::default()
         };
-        policy.extra_tolerations.push(RequiredToleration {
-            key: "node-role.kubernetes.io/control-plane".into(),
-            operator: "Exists".into(),
-            value: "".into(),
-            effect: "NoSchedule".into(),
-            origin: tolerations::Origin::Policy,
-        });
+        policy.extra_tolerations.push(RequiredToleration::new(
+            "node-role.kubernetes.io/control-plane".into(),
+            "Exists".into(),
+            "".into(),
+            "NoSchedule".into(),
+            tolerations::Origin::Policy,
+        ));
         let object = daemonset(json!({ "initContainers": [{ "name": "init" }], "containers": [] }));
         let verdict = review(&object, None, &policy);
         let patched = apply(&object, &verdict);
@@ -1198,13 +1198,13 @@ mod tests {
         assert!(review(&patched, None, &policy).patch().is_empty());
 
         // Listed twice, or repeating the controller's: added once.
-        let not_ready = RequiredToleration {
-            key: "node.kubernetes.io/not-ready".into(),
-            operator: "Exists".into(),
-            value: "".into(),
-            effect: "NoExecute".into(),
-            origin: tolerations::Origin::Policy,
-        };
+        let not_ready = RequiredToleration::new(
+            "node.kubernetes.io/not-ready".into(),
+            "Exists".into(),
+            "".into(),
+            "NoExecute".into(),
+            tolerations::Origin::Policy,
+        );
         let twice = policy.extra_tolerations[0].clone();
         policy.extra_tolerations.extend([twice, not_ready]);
         let verdict = review(&object, None, &policy);

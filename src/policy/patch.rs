@@ -4,10 +4,9 @@
 
 use std::fmt::Write as _;
 
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
-
 use super::resources::Set;
 use super::tolerations::RequiredToleration;
+use crate::json;
 
 /// The pod template's spec, under which every patched field lies.
 const POD_SPEC: [&str; 3] = ["spec", "template", "spec"];
@@ -111,86 +110,95 @@ pub struct Operation<'a> {
     pub value: Value<'a>,
 }
 
-impl Serialize for Operation<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(3))?;
-        match self.op {
-            Op::Add => map.serialize_entry("op", "add")?,
-            Op::Remove => map.serialize_entry("op", "remove")?,
-        }
+impl Operation<'_> {
+    /// Writes the operation as JSON: `{"op":"add","path":"...","value":...}`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(match self.op {
+            Op::Add => br#"{"op":"add","path":"#,
+            Op::Remove => br#"{"op":"remove","path":"#,
+        });
         let mut path = String::with_capacity(64);
         self.path.write_to(&mut path);
-        map.serialize_entry("path", &path)?;
+        json::string(out, &path);
         if !matches!(self.value, Value::None) {
-            map.serialize_entry("value", &self.value)?;
+            out.extend_from_slice(br#","value":"#);
+            self.value.write_json(out);
         }
-        map.end()
+        out.push(b'}');
     }
 }
 
-impl Serialize for Value<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl Value<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
         match *self {
-            Value::None => serializer.serialize_unit(),
-            Value::Toleration(toleration) => toleration.serialize(serializer),
+            Value::None => out.extend_from_slice(b"null"),
+            Value::Toleration(toleration) => toleration.write_json(out),
             Value::Tolerations(tolerations) => {
-                let mut seq = serializer.serialize_seq(Some(tolerations.len()))?;
-                for toleration in tolerations {
-                    seq.serialize_element(toleration)?;
+                out.push(b'[');
+                for (i, toleration) in tolerations.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    toleration.write_json(out);
                 }
-                seq.end()
+                out.push(b']');
             }
             Value::Resources(sets) => {
-                let has_requests = sets.iter().any(|s| s.request().is_some());
-                let mut map = serializer.serialize_map(None)?;
+                out.push(b'{');
                 if !sets.is_empty() {
-                    map.serialize_entry("limits", &Value::Limits(sets))?;
+                    out.extend_from_slice(br#""limits":"#);
+                    Value::Limits(sets).write_json(out);
                 }
-                if has_requests {
-                    map.serialize_entry("requests", &Value::Requests(sets))?;
+                if sets.iter().any(|s| s.request().is_some()) {
+                    if !sets.is_empty() {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(br#""requests":"#);
+                    Value::Requests(sets).write_json(out);
                 }
-                map.end()
+                out.push(b'}');
             }
             Value::Limits(sets) => {
-                let mut map = serializer.serialize_map(Some(sets.len()))?;
-                for set in sets {
-                    map.serialize_entry(set.name(), set.limit())?;
-                }
-                map.end()
+                json::string_map(out, sets.iter().map(|set| (set.name(), set.limit())));
             }
-            Value::Requests(sets) => {
-                let mut map = serializer.serialize_map(None)?;
-                for set in sets {
-                    if let Some(request) = set.request() {
-                        map.serialize_entry(set.name(), request)?;
-                    }
-                }
-                map.end()
-            }
-            Value::Quantity(text) => serializer.serialize_str(text),
+            Value::Requests(sets) => json::string_map(
+                out,
+                sets.iter()
+                    .filter_map(|set| Some((set.name(), set.request()?))),
+            ),
+            Value::Quantity(text) => json::string(out, text),
         }
     }
 }
 
-impl Serialize for RequiredToleration {
+impl RequiredToleration {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.texts().json);
+    }
+
     /// As the controller writes it: empty fields left out.
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
+    pub(super) fn write_json_uncached(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
         if !self.key.is_empty() {
-            map.serialize_entry("key", &self.key)?;
+            out.extend_from_slice(br#""key":"#);
+            json::string(out, &self.key);
+            out.push(b',');
         }
-        map.serialize_entry("operator", &self.operator)?;
+        out.extend_from_slice(br#""operator":"#);
+        json::string(out, &self.operator);
         if !self.value.is_empty() {
-            map.serialize_entry("value", &self.value)?;
+            out.extend_from_slice(br#","value":"#);
+            json::string(out, &self.value);
         }
         if !self.effect.is_empty() {
-            map.serialize_entry("effect", &self.effect)?;
+            out.extend_from_slice(br#","effect":"#);
+            json::string(out, &self.effect);
         }
-        map.end()
+        out.push(b'}');
     }
 }
 
-/// The operations of a patch, in order; serializes as the JSON Patch array.
+/// The operations of a patch, in order.
 pub struct Patch<'a>(pub Vec<Operation<'a>>);
 
 impl<'a> Patch<'a> {
@@ -206,24 +214,48 @@ impl<'a> Patch<'a> {
         &self.0
     }
 
-    /// The patch as the json-patch crate reads it, to apply it to a `serde_json::Value`.
-    pub fn to_json_patch(&self) -> json_patch::Patch {
-        serde_json::from_slice(&self.to_json()).expect("a patch we wrote reads back")
+    /// Writes the patch as JSON into `out`, handing `out` to `drain` whenever it holds more
+    /// than `chunk` bytes (so that a huge patch can be encoded as it is written).
+    pub fn write_json_draining(
+        &self,
+        out: &mut Vec<u8>,
+        chunk: usize,
+        mut drain: impl FnMut(&mut Vec<u8>),
+    ) {
+        out.push(b'[');
+        for (i, operation) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            operation.write_json(out);
+            if out.len() > chunk {
+                drain(out);
+            }
+        }
+        out.push(b']');
     }
 
     /// The patch as JSON text.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a patch serializes")
+        let mut out = Vec::new();
+        self.write_json_draining(&mut out, usize::MAX, |_| {});
+        out
+    }
+
+    /// The patch as a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.to_json()).expect("a patch we wrote reads back")
+    }
+
+    /// The patch as the json-patch crate reads it, to apply it to a `serde_json::Value`.
+    pub fn to_json_patch(&self) -> json_patch::Patch {
+        serde_json::from_slice(&self.to_json()).expect("a patch we wrote reads back")
     }
 }
 
-impl Serialize for Patch<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for operation in &self.0 {
-            seq.serialize_element(operation)?;
-        }
-        seq.end()
+impl std::fmt::Debug for Patch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.to_json()))
     }
 }
 

@@ -157,28 +157,29 @@ fn at_pod_level(pod: Option<&ResourceRequirements<'_>>, name: &str) -> bool {
 pub struct ContainerRef {
     pub list: ContainerList,
     pub index: usize,
-    pub name: Box<str>,
+    /// `container "agent"`, or `initContainers[0]` for one without a name: made once, written
+    /// in every change's subject and message.
+    label: Box<str>,
+}
+
+impl ContainerRef {
+    pub fn new(list: ContainerList, index: usize, name: &str) -> Self {
+        let label = if name.is_empty() {
+            format!("{}[{index}]", list.field())
+        } else {
+            format!("{} {name:?}", list.noun())
+        };
+        Self {
+            list,
+            index,
+            label: label.into(),
+        }
+    }
 }
 
 impl fmt::Display for ContainerRef {
-    /// `container "agent"`, or `initContainers[0]` for one without a name.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.name.is_empty() {
-            write!(f, "{}[{}]", self.list.field(), self.index)
-        } else if self
-            .name
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-        {
-            // What `{:?}` writes for a name it has nothing to escape in, without its
-            // character-by-character escaping.
-            f.write_str(self.list.noun())?;
-            f.write_str(" \"")?;
-            f.write_str(&self.name)?;
-            f.write_str("\"")
-        } else {
-            write!(f, "{} {:?}", self.list.noun(), self.name)
-        }
+        f.write_str(&self.label)
     }
 }
 
@@ -413,11 +414,7 @@ pub fn mutate<'p>(
             }
             let resources = &container.resources;
             mutation.containers.push(ContainerMutation {
-                container: ContainerRef {
-                    list,
-                    index,
-                    name: container.name.as_ref().into(),
-                },
+                container: ContainerRef::new(list, index, &container.name),
                 resources_given: resources.given,
                 limits_given: resources.value.limits.given,
                 requests_given: resources.value.requests.given,
@@ -513,7 +510,7 @@ mod tests {
                 message: c.message().to_string(),
             })
             .collect();
-        (serde_json::to_value(operations).unwrap(), seen)
+        (crate::policy::Patch(operations).to_value(), seen)
     }
 
     fn run(container: Json) -> (Json, Vec<Seen>) {
@@ -542,11 +539,7 @@ mod tests {
             changes[0].message,
             "container \"c\": set cpu limit 500m and request 50m (it had neither)"
         );
-        let unnamed = ContainerRef {
-            list: ContainerList::InitContainers,
-            index: 2,
-            name: "".into(),
-        };
+        let unnamed = ContainerRef::new(ContainerList::InitContainers, 2, "");
         assert_eq!(unnamed.to_string(), "initContainers[2]");
     }
 

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use super::object::{Given, Toleration};
 use super::patch::{Op, Operation, Pointer, Token, Value};
@@ -23,16 +24,80 @@ pub enum Origin {
 }
 
 /// A toleration every daemon pod must carry, without tolerationSeconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RequiredToleration {
     pub key: Cow<'static, str>,
     pub operator: Cow<'static, str>,
     pub value: Cow<'static, str>,
     pub effect: Cow<'static, str>,
     pub origin: Origin,
+    /// What every review that adds it writes about it, made once.
+    texts: OnceLock<Texts>,
 }
 
+/// A toleration's texts: its description (`key:effect`), its JSON as the patch adds it, and
+/// the warning that says it was added.
+#[derive(Debug, Clone)]
+pub(super) struct Texts {
+    pub(super) description: String,
+    pub(super) json: Vec<u8>,
+    pub(super) added: String,
+}
+
+impl PartialEq for RequiredToleration {
+    fn eq(&self, other: &Self) -> bool {
+        self.same_toleration(other) && self.origin == other.origin
+    }
+}
+
+impl Eq for RequiredToleration {}
+
 impl RequiredToleration {
+    pub const fn new(
+        key: Cow<'static, str>,
+        operator: Cow<'static, str>,
+        value: Cow<'static, str>,
+        effect: Cow<'static, str>,
+        origin: Origin,
+    ) -> Self {
+        Self {
+            key,
+            operator,
+            value,
+            effect,
+            origin,
+            texts: OnceLock::new(),
+        }
+    }
+
+    pub(super) fn texts(&self) -> &Texts {
+        self.texts.get_or_init(|| {
+            let key = if self.key.is_empty() { "*" } else { &self.key };
+            let effect = if self.effect.is_empty() {
+                "*"
+            } else {
+                &self.effect
+            };
+            let description = if self.value.is_empty() {
+                format!("{key}:{effect}")
+            } else {
+                format!("{key}={}:{effect}", self.value)
+            };
+            let added = format!(
+                "added toleration {description} (operator {}), {}",
+                self.operator,
+                self.why()
+            );
+            let mut json = Vec::new();
+            self.write_json_uncached(&mut json);
+            Texts {
+                description,
+                json,
+                added,
+            }
+        })
+    }
+
     /// Whether `other` is the same toleration (whoever requires it).
     pub fn same_toleration(&self, other: &RequiredToleration) -> bool {
         (&self.key, &self.operator, &self.value, &self.effect)
@@ -41,13 +106,13 @@ impl RequiredToleration {
 }
 
 const fn controller(key: &'static str, effect: &'static str) -> RequiredToleration {
-    RequiredToleration {
-        key: Cow::Borrowed(key),
-        operator: Cow::Borrowed(EXISTS),
-        value: Cow::Borrowed(""),
-        effect: Cow::Borrowed(effect),
-        origin: Origin::Controller,
-    }
+    RequiredToleration::new(
+        Cow::Borrowed(key),
+        Cow::Borrowed(EXISTS),
+        Cow::Borrowed(""),
+        Cow::Borrowed(effect),
+        Origin::Controller,
+    )
 }
 
 /// In the controller's order. Pods must survive the node problems the node lifecycle controller
@@ -68,7 +133,7 @@ pub static HOST_NETWORK_TOLERATION: RequiredToleration =
 impl RequiredToleration {
     /// `key:effect`, `key=value:effect`, `*:effect` for a toleration of every key.
     pub fn describe(&self) -> String {
-        self.to_string()
+        self.texts().description.clone()
     }
 
     fn why(&self) -> &'static str {
@@ -92,20 +157,9 @@ impl RequiredToleration {
 }
 
 impl fmt::Display for RequiredToleration {
+    /// `key:effect`, `key=value:effect`, `*:effect` for a toleration of every key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = if self.key.is_empty() { "*" } else { &self.key };
-        let effect = if self.effect.is_empty() {
-            "*"
-        } else {
-            &self.effect
-        };
-        f.write_str(key)?;
-        if !self.value.is_empty() {
-            f.write_str("=")?;
-            f.write_str(&self.value)?;
-        }
-        f.write_str(":")?;
-        f.write_str(effect)
+        f.write_str(&self.texts().description)
     }
 }
 
@@ -194,14 +248,7 @@ impl fmt::Display for Message<'_, '_> {
                 f.write_str(wanted.why())?;
                 f.write_str(" (without a time limit)")
             }
-            None => {
-                f.write_str("added toleration ")?;
-                fmt::Display::fmt(wanted, f)?;
-                f.write_str(" (operator ")?;
-                f.write_str(&wanted.operator)?;
-                f.write_str("), ")?;
-                f.write_str(wanted.why())
-            }
+            None => f.write_str(&wanted.texts().added),
         }
     }
 }
@@ -346,7 +393,7 @@ mod tests {
                 message: c.message().to_string(),
             })
             .collect();
-        (serde_json::to_value(ops).unwrap(), seen)
+        (crate::policy::Patch(ops).to_value(), seen)
     }
 
     fn run(tolerations: Option<&[Toleration<'_>]>, host_network: bool) -> (Value, Vec<Seen>) {
@@ -360,20 +407,20 @@ mod tests {
 
     #[test]
     fn policy_tolerations_are_added_like_the_controllers() {
-        let control_plane = RequiredToleration {
-            key: "node-role.kubernetes.io/control-plane".into(),
-            operator: EXISTS.into(),
-            value: "".into(),
-            effect: NO_SCHEDULE.into(),
-            origin: Origin::Policy,
-        };
-        let dedicated = RequiredToleration {
-            key: "dedicated".into(),
-            operator: EQUAL.into(),
-            value: "agents".into(),
-            effect: "".into(),
-            origin: Origin::Policy,
-        };
+        let control_plane = RequiredToleration::new(
+            "node-role.kubernetes.io/control-plane".into(),
+            EXISTS.into(),
+            "".into(),
+            NO_SCHEDULE.into(),
+            Origin::Policy,
+        );
+        let dedicated = RequiredToleration::new(
+            "dedicated".into(),
+            EQUAL.into(),
+            "agents".into(),
+            "".into(),
+            Origin::Policy,
+        );
         let required = [control_plane.clone(), dedicated.clone()];
         let (ops, changes) = run_with(None, &required);
         assert_eq!(
