@@ -33,6 +33,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# The C flags the allocator is built with (.cargo/config.toml) apply to the dependencies too.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked --target x86_64-unknown-linux-musl --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin daemonset-webhook \

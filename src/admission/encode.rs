@@ -24,7 +24,7 @@ pub struct Answer<'v, 'p> {
     /// The denial, with the object's name for its message.
     pub denied: Option<(&'v str, &'v Violations)>,
     /// The patch, when the response carries one.
-    pub patch: Option<&'v Patch<'v>>,
+    pub patch: Option<Patch<'v, 'p>>,
     /// The verdict whose warnings and audit annotations the response carries, and whether the
     /// changes are among them (only where the response can make them).
     pub explained: Option<(&'v Verdict<'p>, bool)>,
@@ -51,11 +51,12 @@ impl Answer<'_, '_> {
             let _ = serde_json::to_writer(&mut out, &Invalid { name, violations });
         }
         if let Some(patch) = self.patch.filter(|p| !p.is_empty()) {
+            let operations = patch.operations().count();
             out.extend_from_slice(b",\"patch\":\"");
             // Base64 in blocks as the patch is written: a patch of megabytes is never held
             // twice.
             const BLOCK: usize = 48 * 1024;
-            let mut json = Vec::with_capacity(BLOCK.min(patch.len() * 256) + 256);
+            let mut json = Vec::with_capacity(BLOCK.min(operations * 256) + 256);
             let mut encode = |json: &mut Vec<u8>, all: bool| {
                 let take = if all { json.len() } else { json.len() / 3 * 3 };
                 let start = out.len();

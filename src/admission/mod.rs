@@ -328,9 +328,11 @@ pub fn review(body: &[u8], endpoint: Endpoint, policy: &Policy) -> Result<Review
     let judged = judge(&request, policy)?;
     let name = object_name(&request);
     let mut record = Record::of(&request, name);
+    // The verdict does not borrow the object's view: free it before the answer is written.
+    drop(request);
     let Some(verdict) = judged else {
         let answer = encode::Answer {
-            uid: &request.uid,
+            uid: &record.uid,
             denied: None,
             patch: None,
             explained: None,
@@ -343,9 +345,9 @@ pub fn review(body: &[u8], endpoint: Endpoint, policy: &Policy) -> Result<Review
     let patch_operations = patch.as_ref().map_or(0, policy::Patch::len);
     record.judged(&verdict, patch_operations);
     let answer = encode::Answer {
-        uid: &request.uid,
+        uid: &record.uid,
         denied: (!verdict.allowed()).then_some((record.name.as_str(), &verdict.violations)),
-        patch: patch.as_ref(),
+        patch,
         explained: Some((&verdict, mutates)),
     };
     // Room for the warnings and annotations, and for the patch, base64, at ~200 bytes an

@@ -198,48 +198,71 @@ impl RequiredToleration {
     }
 }
 
-/// The operations of a patch, in order.
-pub struct Patch<'a>(pub Vec<Operation<'a>>);
+/// Writes `operations` as a JSON Patch into `out`, handing `out` to `drain` whenever it holds
+/// more than `chunk` bytes (so that a huge patch can be encoded as it is written).
+pub fn write_json<'a>(
+    operations: impl IntoIterator<Item = Operation<'a>>,
+    out: &mut Vec<u8>,
+    chunk: usize,
+    mut drain: impl FnMut(&mut Vec<u8>),
+) {
+    out.push(b'[');
+    for (i, operation) in operations.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        operation.write_json(out);
+        if out.len() > chunk {
+            drain(out);
+        }
+    }
+    out.push(b']');
+}
 
-impl<'a> Patch<'a> {
+/// `operations` as JSON Patch text.
+pub fn to_json<'a>(operations: impl IntoIterator<Item = Operation<'a>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_json(operations, &mut out, usize::MAX, |_| {});
+    out
+}
+
+/// A verdict's patch: its operations, made as they are read, never held in a list.
+#[derive(Clone, Copy)]
+pub struct Patch<'v, 'p> {
+    verdict: &'v super::Verdict<'p>,
+}
+
+impl<'v, 'p> Patch<'v, 'p> {
+    pub(super) fn of(verdict: &'v super::Verdict<'p>) -> Self {
+        Self { verdict }
+    }
+
+    pub fn operations(&self) -> impl Iterator<Item = Operation<'v>> + use<'v, 'p> {
+        self.verdict.operations()
+    }
+
+    /// How many operations; counting makes each.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.operations().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.operations().next().is_none()
     }
 
-    pub fn operations(&self) -> &[Operation<'a>] {
-        &self.0
-    }
-
-    /// Writes the patch as JSON into `out`, handing `out` to `drain` whenever it holds more
-    /// than `chunk` bytes (so that a huge patch can be encoded as it is written).
+    /// See [`write_json`].
     pub fn write_json_draining(
         &self,
         out: &mut Vec<u8>,
         chunk: usize,
-        mut drain: impl FnMut(&mut Vec<u8>),
+        drain: impl FnMut(&mut Vec<u8>),
     ) {
-        out.push(b'[');
-        for (i, operation) in self.0.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            operation.write_json(out);
-            if out.len() > chunk {
-                drain(out);
-            }
-        }
-        out.push(b']');
+        write_json(self.operations(), out, chunk, drain);
     }
 
     /// The patch as JSON text.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_json_draining(&mut out, usize::MAX, |_| {});
-        out
+        to_json(self.operations())
     }
 
     /// The patch as a JSON value.
@@ -253,7 +276,7 @@ impl<'a> Patch<'a> {
     }
 }
 
-impl std::fmt::Debug for Patch<'_> {
+impl std::fmt::Debug for Patch<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.to_json()))
     }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use super::field::{ErrorList, FieldError, Path, go_quote};
 use super::object::{Container, PodSpec, QuantityMap, ResourceRequirements};
@@ -246,7 +247,9 @@ pub struct ContainerMutation<'p> {
     resources_given: bool,
     limits_given: bool,
     requests_given: bool,
-    pub sets: Vec<Set<'p>>,
+    /// Shared with the container before it when they get the same (the usual case: a
+    /// thousand containers cost one list).
+    pub sets: Arc<[Set<'p>]>,
 }
 
 /// One resource of one container set, as a change.
@@ -323,40 +326,37 @@ impl<'p> ContainerMutation<'p> {
     }
 
     /// The patch operations: `resources` whole where the container has none, else each of
-    /// `limits` and `requests` whole, or their entries one by one.
+    /// `limits` and `requests` whole, or their entries one by one. Made as they are read.
     pub fn operations(&self) -> impl Iterator<Item = Operation<'_>> {
-        let add = |tokens: &[Token<'p>], value| add(&self.container, tokens, value);
-        let mut operations = Vec::new();
-        let has_requests = self.sets.iter().any(|s| s.request().is_some());
-        if !self.resources_given {
-            operations.push(add(&[], Value::Resources(&self.sets)));
-            return operations.into_iter();
-        }
-        if !self.limits_given {
-            operations.push(add(&[Token::Key("limits")], Value::Limits(&self.sets)));
-        } else {
-            for set in &self.sets {
-                operations.push(add(
-                    &[Token::Key("limits"), Token::Key(set.name)],
-                    Value::Quantity(set.limit()),
-                ));
-            }
-        }
-        if has_requests {
-            if !self.requests_given {
-                operations.push(add(&[Token::Key("requests")], Value::Requests(&self.sets)));
-            } else {
-                for set in &self.sets {
-                    if let Some(request) = set.request() {
-                        operations.push(add(
-                            &[Token::Key("requests"), Token::Key(set.name)],
-                            Value::Quantity(request),
-                        ));
-                    }
-                }
-            }
-        }
-        operations.into_iter()
+        let sets = &self.sets[..];
+        let has_requests = sets.iter().any(|s| s.request().is_some());
+        let container = &self.container;
+        let inside = self.resources_given;
+        let whole = (!inside).then(|| add(container, &[], Value::Resources(sets)));
+        let limits = (inside && !self.limits_given)
+            .then(|| add(container, &[Token::Key("limits")], Value::Limits(sets)));
+        let each_limit = sets
+            .iter()
+            .filter(move |_| inside && self.limits_given)
+            .map(move |set| {
+                let path = [Token::Key("limits"), Token::Key(set.name)];
+                add(container, &path, Value::Quantity(set.limit()))
+            });
+        let requests = (inside && has_requests && !self.requests_given)
+            .then(|| add(container, &[Token::Key("requests")], Value::Requests(sets)));
+        let each_request = sets
+            .iter()
+            .filter(move |_| inside && self.requests_given)
+            .filter_map(move |set| {
+                let path = [Token::Key("requests"), Token::Key(set.name)];
+                Some(add(container, &path, Value::Quantity(set.request()?)))
+            });
+        whole
+            .into_iter()
+            .chain(limits)
+            .chain(each_limit)
+            .chain(requests)
+            .chain(each_request)
     }
 }
 
@@ -406,12 +406,18 @@ pub fn mutate<'p>(
     defaults: &'p ResourceDefaults,
 ) -> Mutation<'p> {
     let mut mutation = Mutation::default();
+    let mut sets = Vec::new();
+    let mut previous: Option<Arc<[Set<'p>]>> = None;
     for (list, containers) in lists(pod, init_containers) {
         for (index, container) in containers.iter().enumerate() {
-            let sets = container_sets(container, pod.resources.as_ref(), defaults);
+            container_sets(container, pod.resources.as_ref(), defaults, &mut sets);
             if sets.is_empty() {
                 continue;
             }
+            let sets = match previous.as_ref().filter(|p| p[..] == sets[..]) {
+                Some(same) => same.clone(),
+                None => previous.insert(Arc::from(sets.as_slice())).clone(),
+            };
             let resources = &container.resources;
             mutation.containers.push(ContainerMutation {
                 container: ContainerRef::new(list, index, &container.name),
@@ -436,10 +442,11 @@ fn container_sets<'p>(
     container: &Container<'_>,
     pod: Option<&ResourceRequirements<'_>>,
     defaults: &'p ResourceDefaults,
-) -> Vec<Set<'p>> {
+    sets: &mut Vec<Set<'p>>,
+) {
     let limits: &QuantityMap<'_> = &container.resources.value.limits.value;
     let requests: &QuantityMap<'_> = &container.resources.value.requests.value;
-    let mut sets = Vec::new();
+    sets.clear();
     for (name, default_limit) in &defaults.limits {
         if limits.contains_key(name) || at_pod_level(pod, name) {
             continue;
@@ -474,7 +481,6 @@ fn container_sets<'p>(
         };
         sets.push(Set { name, how });
     }
-    sets
 }
 
 #[cfg(test)]
@@ -510,7 +516,10 @@ mod tests {
                 message: c.message().to_string(),
             })
             .collect();
-        (crate::policy::Patch(operations).to_value(), seen)
+        (
+            serde_json::from_slice(&crate::policy::patch::to_json(operations)).unwrap(),
+            seen,
+        )
     }
 
     fn run(container: Json) -> (Json, Vec<Seen>) {

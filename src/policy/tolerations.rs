@@ -393,7 +393,10 @@ mod tests {
                 message: c.message().to_string(),
             })
             .collect();
-        (crate::policy::Patch(ops).to_value(), seen)
+        (
+            serde_json::from_slice(&crate::policy::patch::to_json(ops)).unwrap(),
+            seen,
+        )
     }
 
     fn run(tolerations: Option<&[Toleration<'_>]>, host_network: bool) -> (Value, Vec<Seen>) {

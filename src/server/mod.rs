@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -261,27 +261,63 @@ async fn read_review_body(
     timeout: Duration,
 ) -> Result<bytes::Bytes, EnvelopeError> {
     let (parts, body) = request.into_parts();
-    let limited = Limited::new(body, MAX_BODY_BYTES);
-    let body = match tokio::time::timeout(timeout, limited.collect()).await {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let body = match tokio::time::timeout(timeout, collect_body(body, declared)).await {
         Err(_) => {
             return Err(EnvelopeError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("request body not received within {}s", timeout.as_secs()),
             ));
         }
-        Ok(Err(error)) if error.is::<LengthLimitError>() => {
-            return Err(EnvelopeError::too_large());
-        }
-        Ok(Err(error)) => {
-            return Err(EnvelopeError::new(
-                StatusCode::BAD_REQUEST,
-                format!("reading request body: {error}"),
-            ));
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(result) => result?,
     };
     check_content_type(&parts.headers)?;
     Ok(body)
+}
+
+/// Collects a body of at most [`MAX_BODY_BYTES`]: one chunk is kept as it came, several are
+/// copied once into a buffer sized by `Content-Length` (never a list of chunks and then a
+/// copy of them all, which held a big body twice).
+async fn collect_body(
+    mut body: Body,
+    declared: Option<usize>,
+) -> Result<bytes::Bytes, EnvelopeError> {
+    // A declared length over the cap is not answered at once: a client still sending its body
+    // would see a broken connection, not the 413.
+    let declared = declared.map(|length| length.min(MAX_BODY_BYTES));
+    let mut first: Option<bytes::Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            EnvelopeError::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading request body: {error}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let received = first.as_ref().map_or(0, bytes::Bytes::len) + joined.len() + data.len();
+        if received > MAX_BODY_BYTES {
+            return Err(EnvelopeError::too_large());
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(earlier) => {
+                joined.reserve_exact(declared.unwrap_or(received).max(received));
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(match first {
+        Some(only) => only,
+        None => bytes::Bytes::from(joined),
+    })
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), EnvelopeError> {
