@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use serde_json::Value;
@@ -124,4 +124,103 @@ fn a_log_pipe_closed_before_start_does_not_stop_the_server() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
+}
+
+// -------------------------------------------------------------------------------------------
+// Big reviews.
+
+/// A valid review of `containers` containers: ~38 bytes each, every one patched.
+fn big_review(containers: usize) -> Vec<u8> {
+    let (_, mut review) = common::fixture("create-plain.json");
+    review["request"]["uid"] = Value::from("big");
+    review["request"]["object"]["spec"]["template"]["spec"]["containers"] = (0..containers)
+        .map(|i| serde_json::json!({ "name": format!("c{i:06}"), "image": "pause:3.10" }))
+        .collect();
+    serde_json::to_vec(&review).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_reviews_are_judged_off_the_workers_and_stall_nothing() {
+    let mut server = Server::start();
+    let client = server.client(Alpn::Http1);
+    // Two at once, ~3 MB each, about a second each to judge in a debug build: judged on the
+    // two async workers they would stall every other connection for that second.
+    let big = big_review(80_000);
+    assert!(big.len() > 3_000_000, "{}", big.len());
+    let started = Instant::now();
+    let bigs: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, big) = (client.clone(), big.clone());
+            tokio::spawn(async move {
+                let mut connection = client.connect().await.unwrap();
+                let reply = connection.post_json("/mutate", big).await;
+                (reply.status, started.elapsed())
+            })
+        })
+        .collect();
+    // Meanwhile, on a connection of its own, normal reviews and the probes.
+    let mut connection = client.connect().await.unwrap();
+    let mut worst = Duration::ZERO;
+    let mut answered_meanwhile = 0;
+    while bigs.iter().any(|b| !b.is_finished()) {
+        let asked = Instant::now();
+        let reply = connection.post_json("/mutate", review("meanwhile")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(connection.get("/healthz").await.status, StatusCode::OK);
+        worst = worst.max(asked.elapsed());
+        answered_meanwhile += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut slowest_big = Duration::ZERO;
+    for big in bigs {
+        let (status, took) = big.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        slowest_big = slowest_big.max(took);
+    }
+    assert!(
+        answered_meanwhile >= 3 && slowest_big > Duration::from_millis(300),
+        "{answered_meanwhile} answered while the big reviews took {slowest_big:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(300),
+        "a normal review and /healthz took {worst:?} while big reviews were judged \
+         ({slowest_big:?})"
+    );
+
+    // SIGTERM while big reviews are judged: acted on at once (the listener closes), and the
+    // reviews in flight are still answered.
+    let bigs: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, big) = (client.clone(), big.clone());
+            tokio::spawn(async move {
+                let mut connection = client.connect().await.unwrap();
+                connection.post_json("/mutate", big).await.status
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let signalled = Instant::now();
+    server.terminate();
+    wait_until(
+        "the listener to close after SIGTERM",
+        Duration::from_millis(500),
+        || async { tokio::net::TcpStream::connect(server.addr).await.is_err() },
+    )
+    .await;
+    let acted = signalled.elapsed();
+    for big in bigs {
+        assert_eq!(
+            big.await.unwrap(),
+            StatusCode::OK,
+            "a review in flight at SIGTERM"
+        );
+    }
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("exit after SIGTERM");
+    assert!(
+        status.success(),
+        "{status}; SIGTERM acted on after {acted:?}"
+    );
 }
