@@ -527,7 +527,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         },
         log_objects: args.log_objects,
     };
-    server::run(listener, options, policy, server::shutdown_signal()).await?;
+    server::run(
+        listener,
+        options,
+        crate::admission::Reviewer::new(policy),
+        server::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -322,6 +322,44 @@ impl Record {
 // ---------------------------------------------------------------------------------------------
 // The review.
 
+/// Reviews under the policy in force, which a reload replaces whole: a review in flight keeps
+/// the policy it started with. Cheap to clone (one `Arc`).
+#[derive(Clone, Default)]
+pub struct Reviewer {
+    policy: std::sync::Arc<std::sync::RwLock<std::sync::Arc<Policy>>>,
+}
+
+impl Reviewer {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(policy))),
+        }
+    }
+
+    /// Puts `policy` in force for the reviews that start from now on.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(policy);
+    }
+
+    fn current(&self) -> std::sync::Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// [`review`] under the policy in force.
+    pub fn review(&self, body: &[u8], endpoint: Endpoint) -> Result<Reviewed, EnvelopeError> {
+        review(body, endpoint, &self.current())
+    }
+}
+
+impl fmt::Debug for Reviewer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reviewer").finish_non_exhaustive()
+    }
+}
+
 /// Reviews one encoded AdmissionReview.
 pub fn review(body: &[u8], endpoint: Endpoint, policy: &Policy) -> Result<Reviewed, EnvelopeError> {
     let request = decode::request(decode::text(body)?)?;
@@ -810,6 +848,20 @@ mod tests {
             .patch()
             .to_value();
         assert_eq!(serde_json::to_value(&patch).unwrap(), verdict);
+    }
+
+    #[test]
+    fn a_policy_put_in_force_is_seen_by_the_next_review() {
+        let reviewer = Reviewer::new(Policy::default());
+        let body = serde_json::to_vec(&review_of(daemonset(), "CREATE")).unwrap();
+        let before = reviewer.review(&body, Endpoint::Mutate).unwrap();
+        assert_eq!(before.record.patched.limits, 2);
+        let mut policy = Policy::default();
+        policy.rules.set(Rule::Resources, crate::policy::Mode::Off);
+        reviewer.set_policy(policy);
+        let after = reviewer.review(&body, Endpoint::Mutate).unwrap();
+        assert_eq!(after.record.patched.limits, 0);
+        assert_eq!(after.record.patched.tolerations, 6);
     }
 
     #[test]
