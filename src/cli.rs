@@ -284,7 +284,47 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Parses the process arguments and runs the chosen command.
+/// Why a command failed, and so its exit status and the words it ends with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// An input could not be used: exit 2.
+    #[error(transparent)]
+    Policy(#[from] config::ConfigError),
+    #[error("{}: {source}", path.display())]
+    Input {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} exists; pass --force to replace the certificates in {}", existing.display(), dir.display())]
+    CertificatesExist { existing: PathBuf, dir: PathBuf },
+    /// The command could not do its work: exit 1.
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    #[error(transparent)]
+    Certificates(#[from] certs::CertError),
+    #[error("{} exists but {} does not; provide both or neither", present.display(), missing.display())]
+    HalfAPair { present: PathBuf, missing: PathBuf },
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Policy(_) | CliError::Input { .. } | CliError::CertificatesExist { .. } => {
+                ExitCode::from(check::EXIT_INPUT_ERROR)
+            }
+            CliError::Serve(_)
+            | CliError::Certificates(_)
+            | CliError::HalfAPair { .. }
+            | CliError::Runtime(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Parses the process arguments and runs the chosen command. The one place a command's error
+/// becomes words and an exit status: for `serve`, a log line (its logs are what operators
+/// read); for the others, `error: ...` on stderr.
 pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -297,7 +337,8 @@ pub fn main() -> ExitCode {
         Some(_) => LogFormat::Text,
     };
     let _flush_logs = init_logging(log_format);
-    match cli.command {
+    let serving = matches!(cli.command, Some(Command::Serve(_)) | None);
+    let result = match cli.command {
         Some(Command::Serve(mut args)) => {
             let sub = matches
                 .subcommand_matches("serve")
@@ -308,40 +349,38 @@ pub fn main() -> ExitCode {
         Some(Command::Certs(args)) => run_certs(&args),
         Some(Command::Check(args)) => run_check(&args),
         Some(Command::Review(args)) => run_review(&args),
-        Some(Command::Config(ConfigCommand::Check { file })) => match config::load(&file) {
-            Ok(policy) => {
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            config::load(&file).map_err(CliError::from).map(|policy| {
                 println!("{}: ok: {}", file.display(), config::describe(&policy));
                 ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::from(check::EXIT_INPUT_ERROR)
-            }
-        },
+            })
+        }
         None => {
             let mut args = cli.serve;
             args.tls_paths_defaulted = tls_paths_defaulted(&matches);
             run_serve(args)
         }
-    }
+    };
+    result.unwrap_or_else(|error| {
+        if serving {
+            tracing::error!("{error}");
+        } else {
+            eprintln!("error: {error}");
+        }
+        error.exit_code()
+    })
 }
 
-/// The policy of `--config`, or the built-in one; an unreadable file is exit status 2.
-fn load_policy(path: Option<&Path>) -> Result<crate::policy::Policy, ExitCode> {
+/// The policy of `--config`, or the built-in one.
+fn load_policy(path: Option<&Path>) -> Result<crate::policy::Policy, CliError> {
     match path {
         None => Ok(Default::default()),
-        Some(path) => config::load(path).map_err(|error| {
-            eprintln!("error: {error}");
-            ExitCode::from(check::EXIT_INPUT_ERROR)
-        }),
+        Some(path) => Ok(config::load(path)?),
     }
 }
 
-fn run_check(args: &CheckArgs) -> ExitCode {
-    let policy = match load_policy(args.config.as_deref()) {
-        Ok(policy) => policy,
-        Err(code) => return code,
-    };
+fn run_check(args: &CheckArgs) -> Result<ExitCode, CliError> {
+    let policy = load_policy(args.config.as_deref())?;
     let color = match args.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
@@ -362,15 +401,12 @@ fn run_check(args: &CheckArgs) -> ExitCode {
     let mut err = stderr.lock();
     let summary = check::run(&args.paths, &policy, options, &mut out, &mut err);
     drop(out);
-    ExitCode::from(summary.exit_code(args.require_mutated))
+    Ok(ExitCode::from(summary.exit_code(args.require_mutated)))
 }
 
-fn run_review(args: &ReviewArgs) -> ExitCode {
+fn run_review(args: &ReviewArgs) -> Result<ExitCode, CliError> {
     use std::io::Read as _;
-    let policy = match load_policy(args.config.as_deref()) {
-        Ok(policy) => policy,
-        Err(code) => return code,
-    };
+    let policy = load_policy(args.config.as_deref())?;
     let mut body = Vec::new();
     let limit = admission::MAX_REVIEW_BYTES as u64 + 1;
     let read = if args.input.as_os_str() == "-" {
@@ -378,10 +414,10 @@ fn run_review(args: &ReviewArgs) -> ExitCode {
     } else {
         std::fs::File::open(&args.input).and_then(|f| f.take(limit).read_to_end(&mut body))
     };
-    if let Err(error) = read {
-        eprintln!("error: {}: {error}", args.input.display());
-        return ExitCode::from(check::EXIT_INPUT_ERROR);
-    }
+    read.map_err(|source| CliError::Input {
+        path: args.input.clone(),
+        source,
+    })?;
     let endpoint = match args.endpoint {
         EndpointArg::Mutate => admission::Endpoint::Mutate,
         EndpointArg::Validate => admission::Endpoint::Validate,
@@ -391,8 +427,9 @@ fn run_review(args: &ReviewArgs) -> ExitCode {
     } else {
         admission::review(&body, endpoint, &policy)
     };
+    // A malformed review is an answer too: the server's metav1.Status, on stdout.
     let mut stdout = std::io::stdout().lock();
-    match answer {
+    Ok(match answer {
         Ok(reviewed) => {
             let _ = stdout.write_all(&reviewed.body);
             let _ = stdout.write_all(b"\n");
@@ -404,42 +441,31 @@ fn run_review(args: &ReviewArgs) -> ExitCode {
             eprintln!("error: {}", error.message);
             ExitCode::from(check::EXIT_INPUT_ERROR)
         }
-    }
+    })
 }
 
-fn run_certs(args: &CertsArgs) -> ExitCode {
+fn run_certs(args: &CertsArgs) -> Result<ExitCode, CliError> {
     let existing = args.out_dir.join(certs::CERT_FILE);
     if existing.exists() && !args.force {
-        eprintln!(
-            "error: {} exists; pass --force to replace the certificates in {}",
-            existing.display(),
-            args.out_dir.display()
-        );
-        return ExitCode::from(2);
+        return Err(CliError::CertificatesExist {
+            existing,
+            dir: args.out_dir.clone(),
+        });
     }
     let names = certs::service_dns_names(&args.service, &args.namespace);
-    let written = certs::generate(&names, args.validity_days)
-        .and_then(|generated| generated.write_kustomize(&args.out_dir, &args.namespace));
-    match written {
-        Ok(()) => {
-            println!(
-                "wrote a CA and a certificate for {} (valid {} days) to {}/: {}, {}, {}, {}, {}",
-                names.join(", "),
-                args.validity_days,
-                args.out_dir.display(),
-                certs::CA_FILE,
-                certs::CERT_FILE,
-                certs::KEY_FILE,
-                certs::SECRET_FILE,
-                certs::CA_BUNDLE_PATCH_FILE,
-            );
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    certs::generate(&names, args.validity_days)?.write_kustomize(&args.out_dir, &args.namespace)?;
+    println!(
+        "wrote a CA and a certificate for {} (valid {} days) to {}/: {}, {}, {}, {}, {}",
+        names.join(", "),
+        args.validity_days,
+        args.out_dir.display(),
+        certs::CA_FILE,
+        certs::CERT_FILE,
+        certs::KEY_FILE,
+        certs::SECRET_FILE,
+        certs::CA_BUNDLE_PATCH_FILE,
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn tls_paths_defaulted(matches: &ArgMatches) -> bool {
@@ -460,40 +486,26 @@ fn init_logging(format: LogFormat) -> Option<crate::logging::Flush> {
     crate::logging::init(json, terminal)
 }
 
-fn run_serve(args: ServeArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "starting the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(CliError::Runtime)?;
     let result = runtime.block_on(serve(args));
     // Whatever is still running (a review on the blocking pool past the shutdown timeout, a
     // file read stuck on a hung mount) does not hold the exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!("{message}");
-            ExitCode::FAILURE
-        }
-    }
+    result.map(|()| ExitCode::SUCCESS)
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn serve(args: ServeArgs) -> Result<(), CliError> {
     // The first load is of the watch's own snapshot, so an edit during start-up is a change.
     let policy_watch = args
         .config
         .as_ref()
         .map(|path| (path.clone(), server::reload::Watch::new(vec![path.clone()])));
     let policy = match &policy_watch {
-        Some((path, watch)) => {
-            config::load_contents(path, &watch.contents()[0]).map_err(|e| e.to_string())?
-        }
+        Some((path, watch)) => config::load_contents(path, &watch.contents()[0])?,
         None => Default::default(),
     };
     tracing::info!(
@@ -541,15 +553,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 /// With the default paths and neither file present, generates a development CA and server
 /// certificate so a newcomer's first run serves HTTPS. One file without the other is an error:
 /// overwriting half of someone's pair would hide their mistake.
-fn ensure_dev_certificate(cert: &Path, key: &Path) -> Result<(), String> {
+fn ensure_dev_certificate(cert: &Path, key: &Path) -> Result<(), CliError> {
     match (cert.exists(), key.exists()) {
         (true, true) => Ok(()),
         (false, false) => {
             let dir = cert.parent().unwrap_or(Path::new("."));
-            let generated =
-                certs::generate(&certs::dev_subject_alt_names(), certs::DEV_VALIDITY_DAYS)
-                    .map_err(|e| e.to_string())?;
-            generated.write_to(dir).map_err(|e| e.to_string())?;
+            certs::generate(&certs::dev_subject_alt_names(), certs::DEV_VALIDITY_DAYS)?
+                .write_to(dir)?;
             tracing::warn!(
                 "!!! GENERATED A DEVELOPMENT CERTIFICATE: {} did not exist. \
                  Wrote a new CA ({}) and a server certificate for {} into {}/. \
@@ -562,16 +572,14 @@ fn ensure_dev_certificate(cert: &Path, key: &Path) -> Result<(), String> {
             );
             Ok(())
         }
-        (true, false) => Err(format!(
-            "{} exists but {} does not; provide both or neither",
-            cert.display(),
-            key.display()
-        )),
-        (false, true) => Err(format!(
-            "{} exists but {} does not; provide both or neither",
-            key.display(),
-            cert.display()
-        )),
+        (true, false) => Err(CliError::HalfAPair {
+            present: cert.to_path_buf(),
+            missing: key.to_path_buf(),
+        }),
+        (false, true) => Err(CliError::HalfAPair {
+            present: key.to_path_buf(),
+            missing: cert.to_path_buf(),
+        }),
     }
 }
 
@@ -683,7 +691,7 @@ mod tests {
         let cert = dir.path().join("tls.crt");
         let key = dir.path().join("tls.key");
         std::fs::write(&cert, "x").unwrap();
-        let err = ensure_dev_certificate(&cert, &key).unwrap_err();
+        let err = ensure_dev_certificate(&cert, &key).unwrap_err().to_string();
         assert!(err.contains("tls.key"), "{err}");
     }
 

@@ -41,11 +41,45 @@ use crate::policy::{
     DefaultQuantity, Exemptions, Mode, Policy, RequiredToleration, ResourceDefaults, Rule, Rules,
 };
 
+/// A policy file that could not be loaded: which, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy file {path}: {message}")]
+#[error("policy file {}: {error}", path.display())]
 pub struct ConfigError {
     pub path: PathBuf,
-    pub message: String,
+    pub error: PolicyError,
+}
+
+/// Why a policy file's contents make no policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("not valid UTF-8 (the policy file is YAML text)")]
+    NotUtf8,
+    /// No document at all: most likely a write caught half-way, never meant as "no policy".
+    #[error("the file is empty; write {{}} for the built-in defaults")]
+    Empty,
+    /// Not YAML, or not a policy file's shape (an unknown key, a mode misspelt): serde-saphyr's
+    /// words, with the line.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value the policy cannot take.
+    #[error("{}{field}: {problem}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Invalid {
+        line: Option<u64>,
+        field: String,
+        problem: String,
+    },
+}
+
+impl PolicyError {
+    fn invalid(line: Option<u64>, field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            line,
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,31 +166,29 @@ pub fn load_contents(
     path: &Path,
     contents: &crate::server::reload::Contents,
 ) -> Result<Policy, ConfigError> {
-    let error = |message: String| ConfigError {
+    let error = |error: PolicyError| ConfigError {
         path: path.to_path_buf(),
-        message,
+        error,
     };
-    let bytes = contents.as_deref().map_err(|e| error(e.clone()))?;
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| error("not valid UTF-8 (the policy file is YAML text)".to_owned()))?;
+    let bytes = contents
+        .as_deref()
+        .map_err(|e| error(PolicyError::Unreadable(e.clone())))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| error(PolicyError::NotUtf8))?;
     parse(text).map_err(error)
 }
 
 /// Parses and validates a policy file's text. The file is our own format, so YAML 1.2: only
 /// `true` and `false` are booleans (`off` is a mode, not `false`).
-pub fn parse(text: &str) -> Result<Policy, String> {
-    if text.trim().is_empty() {
-        return Ok(Policy::default());
-    }
+pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     let options = serde_saphyr::options! { strict_booleans: true };
     let file: Option<PolicyFile> =
         serde_saphyr::from_str_with_options(text, options).map_err(|e| {
             // The first line of serde-saphyr's report, without its own "error: " prefix.
             let report = e.to_string();
             let first = report.lines().next().unwrap_or_default();
-            first.strip_prefix("error: ").unwrap_or(first).to_owned()
+            PolicyError::Syntax(first.strip_prefix("error: ").unwrap_or(first).to_owned())
         })?;
-    let file = file.unwrap_or_default();
+    let file = file.ok_or(PolicyError::Empty)?;
     let built_in = Policy::default();
     let mut rules = Rules::default();
     for (&rule, &mode) in &file.rules {
@@ -178,17 +210,13 @@ pub fn parse(text: &str) -> Result<Policy, String> {
                 .exemptions
                 .namespaces
                 .iter()
-                .map(|n| {
-                    let problems = crate::policy::selector::label_value_errors(&n.value);
-                    if n.value.is_empty() || !problems.is_empty() {
-                        Err(format!(
-                            "line {}: exemptions.namespaces: {:?} is not a namespace name",
-                            n.defined.line(),
-                            n.value
-                        ))
-                    } else {
-                        Ok(n.value.clone())
-                    }
+                .map(|n| match dns1123_label_error(&n.value) {
+                    Some(problem) => Err(PolicyError::invalid(
+                        Some(n.defined.line()),
+                        "exemptions.namespaces",
+                        format!("{:?} is not a namespace name: {problem}", n.value),
+                    )),
+                    None => Ok(n.value.clone()),
                 })
                 .collect::<Result<_, _>>()?,
         },
@@ -198,29 +226,33 @@ pub fn parse(text: &str) -> Result<Policy, String> {
 fn toleration(
     index: usize,
     spanned: &Spanned<TolerationFile>,
-) -> Result<RequiredToleration, String> {
+) -> Result<RequiredToleration, PolicyError> {
     let t = &spanned.value;
-    let at = format!(
-        "line {}: tolerations.extra[{index}]",
-        spanned.defined.line()
-    );
+    let line = Some(spanned.defined.line());
+    let error = |field: &str, problem: String| {
+        PolicyError::invalid(line, format!("tolerations.extra[{index}].{field}"), problem)
+    };
     let operator = t.operator.clone().unwrap_or_else(|| EXISTS.to_owned());
     match operator.as_str() {
         EXISTS if !t.value.is_empty() => {
-            return Err(format!("{at}.value: must be empty when operator is Exists"));
+            return Err(error(
+                "value",
+                "must be empty when operator is Exists".to_owned(),
+            ));
         }
         EXISTS => {}
         EQUAL if t.key.is_empty() => {
-            return Err(format!("{at}.key: required when operator is Equal"));
+            return Err(error("key", "required when operator is Equal".to_owned()));
         }
         EQUAL => {
             if let Some(problem) = label_value_errors(&t.value).first() {
-                return Err(format!("{at}.value: {:?}: {problem}", t.value));
+                return Err(error("value", format!("{:?}: {problem}", t.value)));
             }
         }
         other => {
-            return Err(format!(
-                "{at}.operator: {other:?}: supported values: \"Exists\", \"Equal\""
+            return Err(error(
+                "operator",
+                format!("{other:?}: supported values: \"Exists\", \"Equal\""),
             ));
         }
     }
@@ -228,12 +260,15 @@ fn toleration(
         .first()
         .filter(|_| !t.key.is_empty())
     {
-        return Err(format!("{at}.key: {:?}: {problem}", t.key));
+        return Err(error("key", format!("{:?}: {problem}", t.key)));
     }
     if !["", NO_SCHEDULE, PREFER_NO_SCHEDULE, NO_EXECUTE].contains(&t.effect.as_str()) {
-        return Err(format!(
-            "{at}.effect: {:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\" (or none for all)",
-            t.effect
+        return Err(error(
+            "effect",
+            format!(
+                "{:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\" (or none for all)",
+                t.effect
+            ),
         ));
     }
     Ok(RequiredToleration::new(
@@ -251,37 +286,42 @@ const OVERCOMMITTABLE_RESOURCES: [&str; 3] = ["cpu", "memory", "ephemeral-storag
 fn resource_defaults(
     file: &ResourcesFile,
     built_in: ResourceDefaults,
-) -> Result<ResourceDefaults, String> {
+) -> Result<ResourceDefaults, PolicyError> {
     let quantities = |map: &Option<BTreeMap<String, Spanned<Scalar>>>, key: &str, fallback| {
         let Some(map) = map else {
             return Ok(fallback);
         };
         map.iter()
             .map(|(name, value)| {
-                let field = format!("line {}: resources.{key}.{name}", value.defined.line());
+                let error = |problem: String| {
+                    PolicyError::invalid(
+                        Some(value.defined.line()),
+                        format!("resources.{key}.{name}"),
+                        problem,
+                    )
+                };
                 if let Some(message) = label_key_errors(name).first() {
-                    return Err(format!(
-                        "{field}: {name:?} is not a resource name: {message}"
-                    ));
+                    return Err(error(format!("{name:?} is not a resource name: {message}")));
                 }
                 // Kubernetes lets a request differ from its limit only for these (its
                 // IsOvercommitAllowed): an extended resource or hugepages must request exactly
                 // its limit, and a default for them would make invalid pods.
                 if !OVERCOMMITTABLE_RESOURCES.contains(&name.as_str()) {
-                    return Err(format!(
-                        "{field}: defaults are only for {}; {name:?} cannot be overcommitted,                          so a default would make pods the API server rejects",
+                    return Err(error(format!(
+                        "defaults are only for {}; {name:?} cannot be overcommitted, so a \
+                         default would make pods the API server rejects",
                         OVERCOMMITTABLE_RESOURCES.join(", ")
-                    ));
+                    )));
                 }
                 let text = value.value.to_string();
                 let quantity =
-                    DefaultQuantity::parse(&text).map_err(|e| format!("{field}: {text:?}: {e}"))?;
+                    DefaultQuantity::parse(&text).map_err(|e| error(format!("{text:?}: {e}")))?;
                 if quantity.value.is_negative() {
-                    return Err(format!("{field}: {text:?} must not be negative"));
+                    return Err(error(format!("{text:?} must not be negative")));
                 }
                 Ok((name.clone(), quantity))
             })
-            .collect::<Result<BTreeMap<_, _>, String>>()
+            .collect::<Result<BTreeMap<_, _>, PolicyError>>()
     };
     let defaults = ResourceDefaults {
         limits: quantities(&file.default, "default", built_in.limits)?,
@@ -292,34 +332,60 @@ fn resource_defaults(
         file.default_request
             .as_ref()
             .and_then(|m| m.get(name))
-            .map_or_else(String::new, |v| format!("line {}: ", v.defined.line()))
+            .map(|v| v.defined.line())
     };
     for (name, request) in &defaults.requests {
         let Some(limit) = defaults.limits.get(name) else {
             if file.default_request.is_none() {
-                return Err(format!(
-                    "resources.default replaces the built-in limits but has no {name}, which the \
-                     built-in resources.defaultRequest defaults: add resources.default.{name} or \
-                     set resources.defaultRequest too"
+                return Err(PolicyError::invalid(
+                    None,
+                    "resources.default",
+                    format!(
+                        "replaces the built-in limits but has no {name}, which the built-in \
+                         resources.defaultRequest defaults: add resources.default.{name} or \
+                         set resources.defaultRequest too"
+                    ),
                 ));
             }
-            return Err(format!(
-                "{}resources.defaultRequest.{name} has no resources.default.{name}: a request is \
-                 defaulted only together with a limit",
-                at(name)
+            return Err(PolicyError::invalid(
+                at(name),
+                format!("resources.defaultRequest.{name}"),
+                format!(
+                    "has no resources.default.{name}: a request is defaulted only together \
+                     with a limit"
+                ),
             ));
         };
         if request.value > limit.value {
-            return Err(format!(
-                "{}resources.defaultRequest.{name} ({}) is above resources.default.{name} ({}); \
-                 a request may not exceed its limit",
+            return Err(PolicyError::invalid(
                 at(name),
-                request.text,
-                limit.text
+                format!("resources.defaultRequest.{name}"),
+                format!(
+                    "{} is above resources.default.{name} ({}); a request may not exceed its \
+                     limit",
+                    request.text, limit.text
+                ),
             ));
         }
     }
     Ok(defaults)
+}
+
+/// `IsDNS1123Label`, the form of a namespace's name: at most 63 lower-case alphanumerics or `-`,
+/// starting and ending with an alphanumeric.
+fn dns1123_label_error(name: &str) -> Option<&'static str> {
+    let bytes = name.as_bytes();
+    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if name.is_empty() || name.len() > 63 {
+        return Some("must be 1 to 63 characters");
+    }
+    let well_formed = bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && bytes.iter().all(|b| edge(b) || *b == b'-');
+    (!well_formed).then_some(
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
+         and must start and end with an alphanumeric character",
+    )
 }
 
 /// A one-line description of a policy, for logs and `config check`.
@@ -373,9 +439,12 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_means_built_in_defaults() {
-        assert_eq!(parse("").unwrap(), Policy::default());
-        assert_eq!(parse("# nothing\n").unwrap(), Policy::default());
+    fn an_empty_file_is_an_error_and_an_empty_mapping_the_built_in_defaults() {
+        // A file with no document at all is a write caught half-way, not a policy.
+        for empty in ["", "\n  \n", "# nothing\n"] {
+            assert_eq!(parse(empty).unwrap_err(), PolicyError::Empty, "{empty:?}");
+        }
+        assert_eq!(parse("{}\n").unwrap(), Policy::default());
         assert_eq!(
             parse("resources: {}\nrules: {}\n").unwrap(),
             Policy::default()
@@ -458,55 +527,84 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_naming_the_key_and_line() {
-        let err = parse("resource:\n  default: {}\n").unwrap_err();
+        let err = parse("resource:\n  default: {}\n").unwrap_err().to_string();
         assert!(err.contains("resource"), "{err}");
-        let err = parse("resources:\n  defaults:\n    cpu: 1\n").unwrap_err();
+        let err = parse("resources:\n  defaults:\n    cpu: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("defaults") && err.contains("line 2"), "{err}");
-        let err = parse("rules:\n  selector: deny\n").unwrap_err();
+        let err = parse("rules:\n  selector: deny\n").unwrap_err().to_string();
         assert!(err.contains("deny") && err.contains("line 2"), "{err}");
     }
 
     #[test]
     fn bad_values_are_errors_naming_the_line_and_field() {
-        let err = parse("resources:\n  default:\n    cpu: lots\n").unwrap_err();
+        let err = parse("resources:\n  default:\n    cpu: lots\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("line 3: resources.default.cpu: \"lots\": quantities must match"),
             "{err}"
         );
-        let err = parse("resources:\n  default:\n    cpu: -1\n").unwrap_err();
+        let err = parse("resources:\n  default:\n    cpu: -1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must not be negative"), "{err}");
         for name in ["example.com/foo", "hugepages-2Mi", "nvidia.com/gpu"] {
-            let err = parse(&format!("resources:\n  default:\n    {name}: 1\n")).unwrap_err();
+            let err = parse(&format!("resources:\n  default:\n    {name}: 1\n"))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.starts_with(&format!("line 3: resources.default.{name}: defaults are only for cpu, memory, ephemeral-storage")),
                 "{err}"
             );
         }
-        let err = parse("tolerations:\n  extra:\n    - key: a\n      operator: In\n").unwrap_err();
+        let err = parse("tolerations:\n  extra:\n    - key: a\n      operator: In\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("line 3: tolerations.extra[0].operator"),
             "{err}"
         );
-        let err = parse("tolerations:\n  extra:\n    - {key: a, value: b}\n").unwrap_err();
+        let err = parse("tolerations:\n  extra:\n    - {key: a, value: b}\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("must be empty when operator is Exists"),
             "{err}"
         );
-        let err = parse("tolerations:\n  extra:\n    - {key: a, effect: Sometimes}\n").unwrap_err();
+        let err = parse("tolerations:\n  extra:\n    - {key: a, effect: Sometimes}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("effect"), "{err}");
-        let err = parse("exemptions:\n  namespaces: [\"Not A Name\"]\n").unwrap_err();
+        let err = parse("exemptions:\n  namespaces: [\"Not A Name\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("line 2: exemptions.namespaces"), "{err}");
+        // A namespace's name is a DNS-1123 label, not any label value.
+        for bad in ["My_NS", "UPPER", "a.b", "-dash", &"x".repeat(64)] {
+            let err = parse(&format!("exemptions:\n  namespaces: [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is not a namespace name"), "{bad}: {err}");
+        }
+        assert!(parse("exemptions:\n  namespaces: [kube-system, ns-1, \"9\"]\n").is_ok());
     }
 
     #[test]
     fn requests_need_a_limit_at_least_as_large() {
-        let err = parse("resources:\n  defaultRequest:\n    cpu: 1\n").unwrap_err();
+        let err = parse("resources:\n  defaultRequest:\n    cpu: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("above resources.default.cpu (500m)"), "{err}");
         assert!(err.starts_with("line 3: "), "{err}");
         let err = parse("resources:\n  default:\n    cpu: 1\n  defaultRequest:\n    memory: 1Mi\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("has no resources.default.memory"), "{err}");
-        let err = parse("resources:\n  default:\n    cpu: 1\n").unwrap_err();
+        let err = parse("resources:\n  default:\n    cpu: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("but has no memory"), "{err}");
     }
 

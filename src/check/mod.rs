@@ -160,11 +160,20 @@ pub struct AppsV1<'a> {
     pub note: Option<&'static str>,
 }
 
-/// `None` if `object` is not a DaemonSet; `Some(Err(()))` if it is one in an apiVersion that
-/// never served DaemonSets.
-pub fn as_apps_v1(object: &Value) -> Option<Result<AppsV1<'_>, ()>> {
+/// What an object is to `check`.
+pub enum Kind<'a> {
+    /// Not a DaemonSet: passed over.
+    Other,
+    /// A DaemonSet in an apiVersion that never served DaemonSets.
+    Unsupported,
+    /// A DaemonSet, as the API server converts it to apps/v1.
+    DaemonSet(AppsV1<'a>),
+}
+
+/// Tells a DaemonSet from other objects, and converts it to apps/v1.
+pub fn as_apps_v1(object: &Value) -> Kind<'_> {
     if object.get("kind").and_then(Value::as_str) != Some("DaemonSet") {
-        return None;
+        return Kind::Other;
     }
     let api_version = object.get("apiVersion").and_then(Value::as_str);
     let converted = |note| {
@@ -172,8 +181,8 @@ pub fn as_apps_v1(object: &Value) -> Option<Result<AppsV1<'_>, ()>> {
         copy["apiVersion"] = Value::from("apps/v1");
         (copy, note)
     };
-    Some(match api_version {
-        Some("apps/v1") => Ok(AppsV1 {
+    match api_version {
+        Some("apps/v1") => Kind::DaemonSet(AppsV1 {
             object: Cow::Borrowed(object),
             note: None,
         }),
@@ -181,7 +190,7 @@ pub fn as_apps_v1(object: &Value) -> Option<Result<AppsV1<'_>, ()>> {
             let (copy, note) = converted(
                 "apps/v1beta2 is not served since Kubernetes 1.16; judged as apps/v1, as the API server converts it",
             );
-            Ok(AppsV1 {
+            Kind::DaemonSet(AppsV1 {
                 object: Cow::Owned(copy),
                 note: Some(note),
             })
@@ -191,13 +200,13 @@ pub fn as_apps_v1(object: &Value) -> Option<Result<AppsV1<'_>, ()>> {
                 "extensions/v1beta1 is not served since Kubernetes 1.16; judged as apps/v1, with spec.selector defaulted from the template labels as that version did",
             );
             default_selector(&mut copy);
-            Ok(AppsV1 {
+            Kind::DaemonSet(AppsV1 {
                 object: Cow::Owned(copy),
                 note: Some(note),
             })
         }
-        _ => Err(()),
-    })
+        _ => Kind::Unsupported,
+    }
 }
 
 /// extensions/v1beta1 defaulting: a missing selector becomes the template's labels.
@@ -314,13 +323,14 @@ pub fn judge<'p>(
     policy: &'p Policy,
 ) -> Option<(String, Option<&'static str>, Option<Verdict<'p>>)> {
     let api_version = text_at(object, "/apiVersion");
-    Some(match as_apps_v1(object)? {
-        Ok(converted) => (
+    Some(match as_apps_v1(object) {
+        Kind::Other => return None,
+        Kind::DaemonSet(converted) => (
             api_version,
             converted.note,
             Some(policy::review(&converted.object, namespace, policy)),
         ),
-        Err(()) => (api_version, None, None),
+        Kind::Unsupported => (api_version, None, None),
     })
 }
 
@@ -379,7 +389,9 @@ mod tests {
     #[test]
     fn extensions_v1beta1_gets_its_selector_defaulted_then_judged_as_apps_v1() {
         let object = daemonset("extensions/v1beta1");
-        let converted = as_apps_v1(&object).unwrap().unwrap();
+        let Kind::DaemonSet(converted) = as_apps_v1(&object) else {
+            panic!("a DaemonSet")
+        };
         assert_eq!(converted.object["apiVersion"], "apps/v1");
         assert_eq!(
             converted.object["spec"]["selector"],

@@ -69,11 +69,30 @@ pub struct ServeOptions {
     pub log_objects: bool,
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for metrics: {source}")]
+    ListenMetrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the listener's own address: {0}")]
+    LocalAddress(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
 /// Binds `addr` (port 0 picks a free port).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        .map_err(|source| ServeError::Listen { addr, source })
 }
 
 /// Serves HTTPS on `listener` (and optionally plain-HTTP metrics) until `shutdown` completes,
@@ -83,13 +102,13 @@ pub async fn run(
     options: ServeOptions,
     reviewer: Reviewer,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<(), ServeError> {
+    let local = listener.local_addr().map_err(ServeError::LocalAddress)?;
     let metrics_listener = match options.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?,
+                .map_err(|source| ServeError::ListenMetrics { addr, source })?,
         ),
         None => None,
     };
@@ -102,8 +121,7 @@ pub async fn run(
         &options.tls,
         certificate_watch.contents(),
         options.limits.http2,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if let Some(expiry) = loaded.not_after {
         state.metrics.certificate_expiry(expiry);
     }
@@ -153,7 +171,7 @@ pub async fn run(
         ));
     }
     if let Some(listener) = metrics_listener {
-        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let address = listener.local_addr().map_err(ServeError::LocalAddress)?;
         tracing::info!(address = %address, "serving metrics on http://{address}/metrics");
         background.spawn(connection::serve_plain(
             listener,
