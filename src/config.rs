@@ -157,14 +157,14 @@ impl fmt::Display for Scalar {
 
 /// Reads and validates the policy file at `path`.
 pub fn load(path: &Path) -> Result<Policy, ConfigError> {
-    load_contents(path, &crate::server::reload::read(path))
+    load_contents(path, &crate::files::read(path))
 }
 
 /// Validates the policy file at `path` from contents already read (or the reason they could
 /// not be), so a reload applies exactly what its watch compared.
 pub fn load_contents(
     path: &Path,
-    contents: &crate::server::reload::Contents,
+    contents: &crate::files::Contents,
 ) -> Result<Policy, ConfigError> {
     let error = |error: PolicyError| ConfigError {
         path: path.to_path_buf(),

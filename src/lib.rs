@@ -11,6 +11,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod files;
 mod json;
 pub mod logging;
 pub mod policy;

@@ -224,3 +224,182 @@ async fn big_reviews_are_judged_off_the_workers_and_stall_nothing() {
         "{status}; SIGTERM acted on after {acted:?}"
     );
 }
+
+// -------------------------------------------------------------------------------------------
+// Watched files and signals.
+
+fn vm_hwm_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let made = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(made.success());
+}
+
+/// Replaces `path` at once (rename) with what `make` puts at a temporary name beside it.
+fn replace_with(path: &std::path::Path, make: impl FnOnce(&std::path::Path)) {
+    let temporary = path.with_extension("new");
+    make(&temporary);
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+#[test]
+fn a_fifo_as_the_policy_file_is_refused_at_start_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("policy.yaml");
+    mkfifo(&fifo);
+    let output = common::run_binary(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            fifo.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a regular file (a FIFO)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_turned_fifo_or_dev_zero_is_refused_and_the_last_policy_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "rules:\n  resources: off\n").unwrap();
+    let mut server = Server::start_with(StartOptions {
+        args: vec![
+            "--config".into(),
+            policy.to_str().unwrap().into(),
+            "--reload-interval".into(),
+            "100ms".into(),
+        ],
+        ..StartOptions::default()
+    });
+    let client = server.client(Alpn::Http1);
+    let limits_patched = |answer: &Value| {
+        let patch = common::decode_patch(&answer["response"]).unwrap();
+        serde_json::to_string(&patch)
+            .unwrap()
+            .contains("/resources")
+    };
+    let mut connection = client.connect().await.unwrap();
+    let answer = connection
+        .post_json("/mutate", review("before"))
+        .await
+        .json();
+    assert!(
+        !limits_patched(&answer),
+        "the policy file's resources: off is in force"
+    );
+
+    let before = vm_hwm_bytes(server.pid());
+    for (what, make) in [
+        ("FIFO", &mkfifo as &dyn Fn(&std::path::Path)),
+        ("character device", &|p: &std::path::Path| {
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+        }),
+    ] {
+        replace_with(&policy, make);
+        wait_until(
+            &format!("the {what} to be refused"),
+            Duration::from_secs(5),
+            || async {
+                server
+                    .logs()
+                    .contains(&format!("not a regular file (a {what})"))
+            },
+        )
+        .await;
+        // Reviews, the probes and the policy in force are as they were.
+        let answer = connection.post_json("/mutate", review(what)).await.json();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(
+            !limits_patched(&answer),
+            "{what}: the previous policy stays in force"
+        );
+        assert_eq!(connection.get("/healthz").await.status, StatusCode::OK);
+    }
+    let grown = vm_hwm_bytes(server.pid()).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "grew by {grown} bytes reading /dev/zero"
+    );
+    assert!(
+        server
+            .scrape()
+            .await
+            .value(r#"daemonset_webhook_policy_reloads_total{result="error"}"#)
+            >= 2.0
+    );
+    server.terminate();
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("exit after SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_now_and_does_not_end_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "rules:\n  resources: off\n").unwrap();
+    let mut server = Server::start_with(StartOptions {
+        // Polled once an hour: only SIGHUP can bring the change in time.
+        args: vec![
+            "--config".into(),
+            policy.to_str().unwrap().into(),
+            "--reload-interval".into(),
+            "60m".into(),
+        ],
+        ..StartOptions::default()
+    });
+    let client = server.client(Alpn::Http1);
+    let mut connection = client.connect().await.unwrap();
+    let patch_of = |answer: &Value| {
+        serde_json::to_string(&common::decode_patch(&answer["response"]).unwrap()).unwrap()
+    };
+    let answer = connection
+        .post_json("/mutate", review("before"))
+        .await
+        .json();
+    assert!(!patch_of(&answer).contains("/resources"));
+    std::fs::write(&policy, "rules:\n  resources: enforce\n").unwrap();
+    let signalled = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    wait_until(
+        "the policy reloaded on SIGHUP",
+        Duration::from_secs(5),
+        || async { server.logs().contains("reloaded the policy file") },
+    )
+    .await;
+    assert!(
+        server.logs().contains("received SIGHUP"),
+        "{}",
+        server.logs()
+    );
+    assert!(server.try_exit().is_none(), "SIGHUP ended the process");
+    let answer = connection
+        .post_json("/mutate", review("after"))
+        .await
+        .json();
+    assert!(
+        patch_of(&answer).contains("/resources"),
+        "the new policy is in force"
+    );
+}

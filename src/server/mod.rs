@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::admission::Reviewer;
 pub use connection::{serve, shutdown_signal};
+use metrics::Metrics;
 pub use routes::{AppState, MAX_BODY_BYTES, metrics_router, router};
 
 /// How the server behaves under load and at its edges; `--help` documents each.
@@ -128,14 +130,25 @@ pub async fn run(
     let tls_state = Arc::new(tls::TlsState::new(loaded.config));
 
     let mut background = tokio::task::JoinSet::new();
+    // SIGHUP reloads now rather than ending the process (its default).
+    let certificate_now = Arc::new(Notify::new());
+    let policy_now = Arc::new(Notify::new());
+    background.spawn(on_sighup([certificate_now.clone(), policy_now.clone()]));
     {
         let files = options.tls.clone();
         let http2 = options.limits.http2;
         let tls_state = tls_state.clone();
         let metrics = state.metrics.clone();
+        let report = Reported {
+            what: "the serving certificate, key and client CA",
+            metrics: state.metrics.clone(),
+            failed: |metrics: &Metrics| metrics.certificate_reload(false, None),
+        };
         background.spawn(reload::run(
             certificate_watch,
             options.reload_interval,
+            reload::READ_TIMEOUT,
+            certificate_now,
             move |contents: &[reload::Contents]| match tls::load_contents(&files, contents, http2) {
                 Ok(loaded) => {
                     tls_state.replace(loaded.config);
@@ -150,13 +163,21 @@ pub async fn run(
                     tracing::error!(%error, "certificate reload failed; still serving the previous certificate");
                 }
             },
+            report,
         ));
     }
     if let Some((path, watch)) = options.config {
         let state = state.clone();
+        let report = Reported {
+            what: "the policy file",
+            metrics: state.metrics.clone(),
+            failed: |metrics: &Metrics| metrics.policy_reload(false),
+        };
         background.spawn(reload::run(
             watch,
             options.reload_interval,
+            reload::READ_TIMEOUT,
+            policy_now,
             move |contents: &[reload::Contents]| match crate::config::load_contents(&path, &contents[0]) {
                 Ok(policy) => {
                     tracing::info!(policy = %crate::config::describe(&policy), "reloaded the policy file");
@@ -168,6 +189,7 @@ pub async fn run(
                     tracing::error!(%error, "policy reload failed; the previous policy stays in force");
                 }
             },
+            report,
         ));
     }
     if let Some(listener) = metrics_listener {
@@ -191,4 +213,50 @@ pub async fn run(
     .await;
     background.abort_all();
     Ok(())
+}
+
+/// On each SIGHUP, asks every watch for a reload now.
+async fn on_sighup(watches: [Arc<Notify>; 2]) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot handle SIGHUP; it will end the process");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("received SIGHUP: reloading the certificate, client CA and policy file");
+            for watch in &watches {
+                // A permit is kept for a watch busy reading: it reloads when it is done.
+                watch.notify_one();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
+}
+
+/// Reports a watch's SIGHUP reloads and stuck reads: logged, and a stuck read counted as a
+/// failed reload.
+struct Reported<F> {
+    what: &'static str,
+    metrics: Arc<Metrics>,
+    failed: F,
+}
+
+impl<F: Fn(&Metrics) + Send + 'static> reload::Report for Reported<F> {
+    fn asked(&mut self, changed: bool) {
+        if !changed {
+            tracing::info!("SIGHUP: {} unchanged", self.what);
+        }
+    }
+
+    fn stuck(&mut self) {
+        (self.failed)(&self.metrics);
+        tracing::warn!(
+            timeout_s = reload::READ_TIMEOUT.as_secs(),
+            "reading {} takes longer than the timeout; the last good state stays in force",
+            self.what
+        );
+    }
 }

@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use super::reload::{self, Contents};
+use crate::files::Contents;
 
 /// ALPN protocols in the server's order of preference. kube-apiserver offers only `http/1.1`
 /// to webhooks; curl and other clients may pick `h2`.
@@ -107,7 +107,7 @@ pub struct Loaded {
 /// (AEAD, forward-secret) cipher suites, ALPN `h2` (unless `http2` is false) then `http/1.1`,
 /// and, with a client CA, client certificates required.
 pub fn load(files: &TlsFiles, http2: bool) -> Result<Loaded, TlsError> {
-    load_contents(files, &reload::read_all(&files.paths()), http2)
+    load_contents(files, &crate::files::read_all(&files.paths()), http2)
 }
 
 /// As [`load`], from the files' contents already read, one per [`TlsFiles::paths`] in order.
