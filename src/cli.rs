@@ -196,9 +196,21 @@ pub struct ServeArgs {
     #[arg(long, env = "DAEMONSET_WEBHOOK_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub reload_interval: Duration,
 
-    /// Connections served at once; beyond it new ones wait in the listen backlog.
+    /// Connections served at once, and apart from them connections in their TLS handshake at
+    /// once; beyond either, new ones wait in the listen backlog.
     #[arg(long, env = "DAEMONSET_WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Connections served at once from one client address; more are closed once they send
+    /// their first request. kube-apiserver keeps far fewer than this to one webhook.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_client: u32,
+
+    /// Request bodies held in memory at once, across all connections, like 32Mi or 1Gi. A
+    /// request that cannot get its share within half a second is answered 503 with
+    /// Retry-After. Keep it well below the container's memory limit (README, "Operate it").
+    #[arg(long, env = "DAEMONSET_WEBHOOK_MAX_BODY_MEMORY", default_value = "32Mi", value_parser = parse_size, value_name = "SIZE")]
+    pub max_body_memory: usize,
 
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, env = "DAEMONSET_WEBHOOK_HTTP2_MAX_STREAMS", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..))]
@@ -221,6 +233,11 @@ pub struct ServeArgs {
     /// A request body must arrive within this (answer: 408).
     #[arg(long, env = "DAEMONSET_WEBHOOK_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub body_read_timeout: Duration,
+
+    /// A client must take its answer within this: a write that makes no progress for this long
+    /// closes the connection, as does a closing connection not done within it.
+    #[arg(long, env = "DAEMONSET_WEBHOOK_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub write_timeout: Duration,
 
     /// After SIGTERM, in-flight reviews get this long before connections are closed; keep it
     /// below the pod's terminationGracePeriodSeconds.
@@ -281,6 +298,38 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err(format!("{:?} must be above zero", text.trim())),
         duration => Ok(duration),
+    }
+}
+
+/// The largest size a flag takes (the memory budget counts in 32 bits).
+const MAX_SIZE: u64 = 4 * 1024 * 1024 * 1024 - 1;
+
+/// A size in bytes as Kubernetes writes memory: `1048576`, `512Ki`, `32Mi`, `1Gi`, or with the
+/// decimal suffixes `k`, `M`, `G`; above zero, below 4Gi.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let invalid = || format!("{text:?} is not a size like 32Mi, 512Ki or 1Gi");
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = number.parse().map_err(|_| invalid())?;
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000 * 1000,
+        "G" => 1000 * 1000 * 1000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(invalid()),
+    };
+    match value.checked_mul(scale) {
+        Some(0) => Err(format!("{text:?} must be above zero")),
+        Some(bytes) if bytes <= MAX_SIZE => Ok(bytes as usize),
+        _ => Err(format!(
+            "{text:?} is more than the most allowed, 4Gi less a byte"
+        )),
     }
 }
 
@@ -498,6 +547,21 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+fn limits(args: &ServeArgs) -> server::Limits {
+    server::Limits {
+        max_connections: args.max_connections as usize,
+        max_connections_per_client: args.max_connections_per_client as usize,
+        max_body_memory: args.max_body_memory,
+        http2_max_streams: args.http2_max_streams,
+        http2: !args.disable_http2,
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        body_read_timeout: args.body_read_timeout,
+        write_timeout: args.write_timeout,
+        shutdown_timeout: args.shutdown_timeout,
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), CliError> {
     // The first load is of the watch's own snapshot, so an edit during start-up is a change.
     let policy_watch = args
@@ -528,15 +592,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         },
         config: policy_watch,
         reload_interval: args.reload_interval,
-        limits: server::Limits {
-            max_connections: args.max_connections as usize,
-            http2_max_streams: args.http2_max_streams,
-            http2: !args.disable_http2,
-            header_read_timeout: args.header_read_timeout,
-            idle_timeout: args.idle_timeout,
-            body_read_timeout: args.body_read_timeout,
-            shutdown_timeout: args.shutdown_timeout,
-        },
+        limits: limits(&args),
         log_objects: args.log_objects,
     };
     server::run(
@@ -628,6 +684,27 @@ mod tests {
     }
 
     #[test]
+    fn flag_defaults_are_the_servers_defaults() {
+        // Tests and embedders start servers on Limits::default(): the binary must match them.
+        let (cli, _) = parse(&["daemonset-webhook"]);
+        assert_eq!(limits(&cli.serve), server::Limits::default());
+    }
+
+    #[test]
+    fn sizes_take_kubernetes_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_size("32Mi"), Ok(32 << 20));
+        assert_eq!(parse_size("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_size("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64_000_000));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in ["", "Mi", "-1Mi", "1.5Mi", "1 Mi", "1mi", "1Ti", "0", "0Mi"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_size("4Gi").unwrap_err().contains("most allowed"));
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
     fn durations_take_units_and_refuse_nonsense() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
@@ -651,6 +728,7 @@ mod tests {
             "--header-read-timeout",
             "--idle-timeout",
             "--body-read-timeout",
+            "--write-timeout",
         ] {
             let err = Cli::command()
                 .try_get_matches_from(["daemonset-webhook", flag, "0s"])

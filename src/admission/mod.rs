@@ -54,6 +54,8 @@ impl Endpoint {
 pub struct EnvelopeError {
     pub status: StatusCode,
     pub message: String,
+    /// When to try again (`Retry-After`, and `details.retryAfterSeconds` of the Status).
+    pub retry_after_seconds: Option<u32>,
 }
 
 impl EnvelopeError {
@@ -61,6 +63,15 @@ impl EnvelopeError {
         Self {
             status,
             message: message.into(),
+            retry_after_seconds: None,
+        }
+    }
+
+    /// The server has no room for the request now: 503, try again in a second.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_seconds: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
         }
     }
 
@@ -87,10 +98,17 @@ impl EnvelopeError {
             status: &'static str,
             message: &'a str,
             reason: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            details: Option<Details>,
             code: u16,
         }
         #[derive(Serialize)]
         struct Empty {}
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Details {
+            retry_after_seconds: u32,
+        }
         serde_json::to_vec(&Status {
             api_version: "v1",
             kind: "Status",
@@ -98,6 +116,9 @@ impl EnvelopeError {
             status: "Failure",
             message: &self.message,
             reason: status_reason(self.status),
+            details: self.retry_after_seconds.map(|retry_after_seconds| Details {
+                retry_after_seconds,
+            }),
             code: self.status.as_u16(),
         })
         .unwrap_or_default()

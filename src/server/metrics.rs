@@ -107,6 +107,10 @@ pub struct Metrics {
     certificate_reloads: [Counter; 2],
     certificate_expiry: Gauge,
     policy_reloads: [Counter; 2],
+    body_memory: Gauge,
+    body_memory_limit: Gauge,
+    shed: Counter,
+    closed: ByLabel<&'static str>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -213,6 +217,42 @@ impl Metrics {
             "Log lines not written: stderr too slow (its queue full) or failing.",
             crate::logging::dropped_lines().clone(),
         );
+        let body_memory = Gauge::default();
+        registry.register(
+            "daemonset_webhook_request_body_memory_bytes",
+            "Bytes of the memory budget held by request bodies (and their answers) now.",
+            body_memory.clone(),
+        );
+        let body_memory_limit = Gauge::default();
+        registry.register(
+            "daemonset_webhook_request_body_memory_limit_bytes",
+            "The memory budget for request bodies, --max-body-memory.",
+            body_memory_limit.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "daemonset_webhook_requests_shed",
+            "Requests answered 503 because the memory budget had no room for their body.",
+            shed.clone(),
+        );
+        let closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "daemonset_webhook_connections_dropped",
+            "Connections the server closed on a client, by reason.",
+            closed.clone(),
+        );
+        let closed = ByLabel(
+            super::connection::Dropped::ALL
+                .iter()
+                .map(|dropped| {
+                    let reason = dropped.as_str();
+                    (
+                        reason,
+                        closed.get_or_create(&ReasonLabels { reason }).clone(),
+                    )
+                })
+                .collect(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "daemonset_webhook_build_info",
@@ -294,6 +334,28 @@ impl Metrics {
             mutations,
             exemptions,
             certificate_expiry,
+            body_memory,
+            body_memory_limit,
+            shed,
+            closed,
+        }
+    }
+
+    /// The gauge the memory budget keeps, and the limit it is shown against.
+    pub fn body_memory(&self, limit: usize) -> Gauge {
+        self.body_memory_limit.set(limit as i64);
+        self.body_memory.clone()
+    }
+
+    /// A request turned away for want of memory budget.
+    pub fn shed(&self) {
+        self.shed.inc();
+    }
+
+    /// A connection the server dropped.
+    pub fn dropped(&self, why: super::connection::Dropped) {
+        if let Some(counter) = self.closed.get(&why.as_str()) {
+            counter.inc();
         }
     }
 

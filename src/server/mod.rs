@@ -3,6 +3,7 @@
 //! here the wiring: listeners, the serving certificate and the policy file reloaded as they
 //! change, metrics. It knows nothing of DaemonSets.
 
+pub mod budget;
 pub mod connection;
 pub mod metrics;
 pub mod reload;
@@ -26,8 +27,13 @@ pub use routes::{AppState, MAX_BODY_BYTES, metrics_router, router};
 /// How the server behaves under load and at its edges; `--help` documents each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections served at once; beyond it the listener waits (the kernel's backlog queues).
+    /// Connections served at once, and (apart) connections in their TLS handshake at once;
+    /// beyond either the listener waits (the kernel's backlog queues).
     pub max_connections: usize,
+    /// Connections served at once from one client address.
+    pub max_connections_per_client: usize,
+    /// Bytes of request bodies in memory at once, across all connections.
+    pub max_body_memory: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub http2_max_streams: u32,
     /// Whether HTTP/2 is offered at all (ALPN `h2`).
@@ -41,6 +47,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A request body must arrive within this.
     pub body_read_timeout: Duration,
+    /// An answer must be taken by the client within this; a write that makes no progress for
+    /// this long closes the connection, as does a closing connection not done within it.
+    pub write_timeout: Duration,
     /// After SIGTERM, in-flight requests get this long before their connections are closed.
     pub shutdown_timeout: Duration,
 }
@@ -49,11 +58,14 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_client: 256,
+            max_body_memory: 32 * 1024 * 1024,
             http2_max_streams: 250,
             http2: true,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             body_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(15),
         }
     }
@@ -90,11 +102,26 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Binds `addr` (port 0 picks a free port).
+/// Connections the kernel queues before the server accepts them (std's default is 128: 2000
+/// idle clients then keep a normal one out for seconds). Linux caps it at
+/// `net.core.somaxconn` (4096 by default since 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (port 0 picks a free port) with a deep listen backlog.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })
+    listen(addr).map_err(|source| ServeError::Listen { addr, source })
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind does: a restarted server can take its port while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves HTTPS on `listener` (and optionally plain-HTTP metrics) until `shutdown` completes,
@@ -107,17 +134,15 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::LocalAddress)?;
     let metrics_listener = match options.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::ListenMetrics { addr, source })?,
-        ),
+        Some(addr) => {
+            Some(listen(addr).map_err(|source| ServeError::ListenMetrics { addr, source })?)
+        }
         None => None,
     };
 
     let mut state = AppState::new(reviewer);
     state.log_objects = options.log_objects;
-    state.body_read_timeout = options.limits.body_read_timeout;
+    state.set_limits(&options.limits);
     let certificate_watch = reload::Watch::new(options.tls.paths());
     let loaded = tls::load_contents(
         &options.tls,
@@ -208,6 +233,7 @@ pub async fn run(
         router(state.clone()),
         state.ready.clone(),
         &options.limits,
+        state.metrics.clone(),
         shutdown,
     )
     .await;

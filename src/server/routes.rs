@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::Limits;
+use super::budget::{MemoryBudget, Reservation};
 use super::metrics::{self, Metrics};
 use crate::admission::{self, Endpoint, EnvelopeError, Record, Reviewer};
 
@@ -36,6 +37,8 @@ pub struct AppState {
     /// Log whole AdmissionReviews (debug level): off unless asked, they may hold secrets.
     pub log_objects: bool,
     pub(super) body_read_timeout: Duration,
+    /// Bytes of request bodies (and of their answers) in memory, across connections.
+    budget: MemoryBudget,
     /// Reviews judged at once on the blocking pool (those of big bodies).
     big_reviews: Arc<Semaphore>,
 }
@@ -48,14 +51,29 @@ pub const BIG_REVIEW_BYTES: usize = 32 * 1024;
 impl AppState {
     pub fn new(reviewer: Reviewer) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let metrics = Arc::new(Metrics::new());
+        let limits = Limits::default();
         Self {
             reviewer,
             ready: Arc::new(AtomicBool::new(false)),
-            metrics: Arc::new(Metrics::new()),
+            budget: MemoryBudget::new(
+                limits.max_body_memory,
+                metrics.body_memory(limits.max_body_memory),
+            ),
+            metrics,
             log_objects: false,
-            body_read_timeout: Limits::default().body_read_timeout,
+            body_read_timeout: limits.body_read_timeout,
             big_reviews: Arc::new(Semaphore::new(cores)),
         }
+    }
+
+    /// Applies the limits the handlers enforce: the body timeout and the memory budget.
+    pub fn set_limits(&mut self, limits: &Limits) {
+        self.body_read_timeout = limits.body_read_timeout;
+        self.budget = MemoryBudget::new(
+            limits.max_body_memory,
+            self.metrics.body_memory(limits.max_body_memory),
+        );
     }
 }
 
@@ -122,12 +140,14 @@ async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Respon
     let started = Instant::now();
     let webhook = endpoint.path();
     let _in_flight = state.metrics.in_flight(endpoint);
-    let result = match read_review_body(request, state.body_read_timeout).await {
+    let mut reservation = state.budget.empty();
+    let (parts, mut body) = request.into_parts();
+    let result = match read_review_body(&parts.headers, &mut body, &state, &mut reservation).await {
         Ok(body) => {
             if state.log_objects {
                 tracing::debug!(webhook, review = %String::from_utf8_lossy(&body), "request");
             }
-            judge(&state, body, endpoint).await
+            judge(&state, body, endpoint, &mut reservation).await
         }
         Err(error) => Err(error),
     };
@@ -136,7 +156,17 @@ async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Respon
         Ok(reviewed) => {
             log_review(webhook, &reviewed.record, latency);
             state.metrics.response(endpoint, &reviewed.record);
+            let extra = reviewed.body.len().saturating_sub(reservation.bytes());
+            if extra > 0 {
+                // Past the budget only by what the answer adds over its review; not waited for.
+                state.budget.take(&mut reservation, extra);
+            }
             json_response(StatusCode::OK, reviewed.body)
+        }
+        Err(error) if error.status == StatusCode::SERVICE_UNAVAILABLE => {
+            state.metrics.shed();
+            tracing::warn!(webhook, %error, "turned a review away");
+            error.into_response()
         }
         Err(error) => {
             tracing::warn!(webhook, %error, "rejected a malformed review");
@@ -146,19 +176,80 @@ async fn review(state: AppState, endpoint: Endpoint, request: Request) -> Respon
     state
         .metrics
         .request(endpoint, response.status().as_u16(), latency);
-    response
+    // The answer holds the review's budget until it is written: a client that does not read it
+    // holds no more than it was granted, until the write timeout drops it. It also holds what
+    // is left of the request body: an HTTP/2 stream whose body is dropped before the answer is
+    // sent is reset with CANCEL and the client sees no answer (curl: no status); dropped after,
+    // it is reset with NO_ERROR, which asks the client to stop sending and read the answer.
+    response.map(|answer| {
+        Body::new(Holding {
+            answer,
+            _held: (reservation, body),
+        })
+    })
+}
+
+/// An answer's body, holding `_held` until hyper is done writing it.
+struct Holding<T> {
+    answer: Body,
+    _held: T,
+}
+
+impl<T: Unpin> axum::body::HttpBody for Holding<T> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.answer).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.answer.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.answer.size_hint()
+    }
+}
+
+/// Judging a big review takes memory beyond its body (the decoded view, the answer being
+/// written): this many times the body's size more is reserved before it is judged. Measured
+/// by benches/scaling.py: a review's peak is about five times its body for most shapes.
+const JUDGING_FACTOR: usize = 4;
+
+/// The budget a review of a `body`-byte body needs: its body, and for a big one its judging.
+/// Reserved at once when the length is declared, so that no request holds part of what it
+/// needs while it waits for the rest (two big reviews doing so would both be turned away).
+fn needs(body: usize) -> usize {
+    if body < BIG_REVIEW_BYTES {
+        body
+    } else {
+        body.saturating_mul(1 + JUDGING_FACTOR)
+    }
 }
 
 /// Reviews `body`: on this worker when it is small, on the blocking pool when it is big (at most
 /// as many at once as there are cores; more wait for their turn without holding a thread), so
-/// that a big review never stalls the reviews, probes and signals the workers serve.
+/// that a big review never stalls the reviews, probes and signals the workers serve. A big one
+/// is judged only once the memory budget has room for its judging too.
 async fn judge(
     state: &AppState,
     body: bytes::Bytes,
     endpoint: Endpoint,
+    reservation: &mut Reservation,
 ) -> Result<admission::Reviewed, EnvelopeError> {
     if body.len() < BIG_REVIEW_BYTES {
         return state.reviewer.review(&body, endpoint);
+    }
+    let more = needs(body.len()).saturating_sub(reservation.bytes());
+    if more > 0 && !state.budget.grow(reservation, more).await {
+        return Err(EnvelopeError::busy(format!(
+            "the webhook is at its memory budget ({} bytes) for judging big reviews; retry",
+            state.budget.limit()
+        )));
     }
     let reviewer = state.reviewer.clone();
     let permit = state
@@ -235,43 +326,109 @@ fn log_review(webhook: &'static str, record: &Record, latency: Duration) {
     );
 }
 
-/// Reads the body of a review request: JSON only, at most [`MAX_BODY_BYTES`], within
-/// `timeout`.
+/// Reads the body of a review request: JSON only, at most [`MAX_BODY_BYTES`], within the body
+/// timeout, only as far as the memory budget grants room for it (`reservation` holds it).
 ///
 /// The body is read before the content type is judged: answering before the client has sent
 /// its body makes HTTP/2 clients see a reset stream instead of our error.
 async fn read_review_body(
-    request: Request,
-    timeout: Duration,
+    headers: &HeaderMap,
+    body: &mut Body,
+    state: &AppState,
+    reservation: &mut Reservation,
 ) -> Result<bytes::Bytes, EnvelopeError> {
-    let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
+    let timeout = state.body_read_timeout;
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let body = match tokio::time::timeout(timeout, collect_body(body, declared)).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let collected = collect_body(body, declared, &state.budget, reservation);
+    let collected = match tokio::time::timeout_at(deadline, collected).await {
         Err(_) => {
             return Err(EnvelopeError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("request body not received within {}s", timeout.as_secs()),
             ));
         }
-        Ok(result) => result?,
+        Ok(result) => result,
     };
-    check_content_type(&parts.headers)?;
-    Ok(body)
+    let error = match collected {
+        Ok(collected) => {
+            check_content_type(headers)?;
+            return Ok(collected);
+        }
+        Err(error) => error,
+    };
+    // The client is still sending. Read the rest (keeping none of it), so that it finishes and
+    // reads the answer: a 413's body whatever its size, within the body timeout; a 503's only
+    // when small, for what a big one would cost is what the budget is there to refuse. Left
+    // unread, HTTP/1.1 closes the connection (a client still writing may miss the answer) and
+    // an HTTP/2 stream is reset with NO_ERROR once answered (curl 7 then shows no status).
+    let most = match error.status {
+        StatusCode::PAYLOAD_TOO_LARGE => MAX_BODY_BYTES,
+        StatusCode::SERVICE_UNAVAILABLE => SMALL_REST_BYTES,
+        _ => 0,
+    };
+    if most > 0 {
+        let _ = tokio::time::timeout_at(deadline, discard(body, most)).await;
+    }
+    Err(error)
+}
+
+/// What is left of a turned-away body that is still read (and dropped) so the client sees the
+/// 503: a review of ordinary size.
+const SMALL_REST_BYTES: usize = 64 * 1024;
+
+/// Reads what is left of `body`, keeping none, unless it is (or turns out) more than `most`
+/// bytes; whether it ended.
+async fn discard(body: &mut Body, most: usize) -> bool {
+    let mut read = 0;
+    if axum::body::HttpBody::size_hint(&*body).lower() > most as u64 {
+        return false;
+    }
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return false;
+        };
+        if let Some(data) = frame.data_ref() {
+            read += data.len();
+            if read > most {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Collects a body of at most [`MAX_BODY_BYTES`]: one chunk is kept as it came, several are
 /// copied once into a buffer sized by `Content-Length` (never a list of chunks and then a
 /// copy of them all, which held a big body twice).
+///
+/// Budget is reserved before bytes are read: a declared length whole, before the first byte
+/// (so that many uploads do not each hold part of the budget waiting for the rest); otherwise
+/// as chunks arrive. Until it is granted the body is not read, and flow control (TCP; HTTP/2's
+/// stream and connection windows, replenished only as the body is read) holds the client
+/// back. Not granted within [`super::budget::WAIT`]: 503.
 async fn collect_body(
-    mut body: Body,
+    body: &mut Body,
     declared: Option<usize>,
+    budget: &MemoryBudget,
+    reservation: &mut Reservation,
 ) -> Result<bytes::Bytes, EnvelopeError> {
     // A declared length over the cap is not answered at once: a client still sending its body
     // would see a broken connection, not the 413.
     let declared = declared.map(|length| length.min(MAX_BODY_BYTES));
+    let no_room = || {
+        EnvelopeError::busy(format!(
+            "the webhook is at its memory budget for request bodies ({} bytes); retry",
+            budget.limit()
+        ))
+    };
+    if let Some(length) = declared
+        && !budget.grow(reservation, needs(length)).await
+    {
+        return Err(no_room());
+    }
     let mut first: Option<bytes::Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -287,6 +444,13 @@ async fn collect_body(
         let received = first.as_ref().map_or(0, bytes::Bytes::len) + joined.len() + data.len();
         if received > MAX_BODY_BYTES {
             return Err(EnvelopeError::too_large());
+        }
+        if received > reservation.bytes()
+            && !budget
+                .grow(reservation, received - reservation.bytes())
+                .await
+        {
+            return Err(no_room());
         }
         match first.take() {
             None if joined.is_empty() => first = Some(data),
@@ -393,7 +557,13 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 
 impl IntoResponse for EnvelopeError {
     fn into_response(self) -> Response {
-        json_response(self.status, self.to_status_json())
+        let mut response = json_response(self.status, self.to_status_json());
+        if let Some(seconds) = self.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

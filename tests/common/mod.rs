@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -452,6 +452,7 @@ impl TlsClientBuilder {
             connector: TlsConnector::from(Arc::new(config)),
             addr: self.addr,
             server_name: ServerName::try_from(self.server_name).expect("a server name"),
+            source: None,
         }
     }
 }
@@ -462,6 +463,23 @@ pub struct TlsClient {
     connector: TlsConnector,
     addr: SocketAddr,
     server_name: ServerName<'static>,
+    /// The address to connect from; the system's choice when `None`.
+    source: Option<IpAddr>,
+}
+
+/// Connects to `addr` from `source` (any loopback address is ours on Linux: 127.0.0.2 is a
+/// second client as far as the server can tell).
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 impl TlsClient {
@@ -476,12 +494,23 @@ impl TlsClient {
         }
     }
 
+    /// The same client, connecting from `source`.
+    pub fn with_source(mut self, source: IpAddr) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Opens one TCP connection (from the client's source address), nothing sent.
+    pub async fn connect_tcp(&self) -> std::io::Result<TcpStream> {
+        tcp_connect(self.addr, self.source).await
+    }
+
     /// Opens one TLS connection and returns the stream, for tests that speak (or withhold)
     /// HTTP themselves.
     pub async fn connect_tls(
         &self,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
-        let tcp = TcpStream::connect(self.addr).await?;
+        let tcp = tcp_connect(self.addr, self.source).await?;
         tcp.set_nodelay(true)?;
         self.connector.connect(self.server_name.clone(), tcp).await
     }
@@ -496,7 +525,7 @@ impl TlsClient {
 
     /// Opens one TLS connection and starts HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
     pub async fn connect(&self) -> Result<Connection, std::io::Error> {
-        let tcp = TcpStream::connect(self.addr).await?;
+        let tcp = tcp_connect(self.addr, self.source).await?;
         tcp.set_nodelay(true)?;
         let tls = self
             .connector
@@ -1041,4 +1070,44 @@ pub fn without_owned_fields(object: &Value) -> Value {
         }
     }
     object
+}
+
+/// A CA that signs client certificates (as a cluster's front-proxy or apiserver client CA does).
+pub struct ClientCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl ClientCa {
+    pub fn new(name: &str) -> ClientCa {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("a key");
+        ClientCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("a client CA"),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A client certificate (`clientAuth`) for `common_name` and its key, PEM.
+    pub fn issue(&self, common_name: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("a client cert");
+        (cert.pem(), key.serialize_pem())
+    }
 }
