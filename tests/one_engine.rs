@@ -483,3 +483,112 @@ fn review_prints_the_servers_answer_to_every_fixture_byte_for_byte() {
         }
     }
 }
+
+/// Repeated keys (finding 8 of issue 13): one rule on every path. The API server's decoder
+/// (sigs.k8s.io/json) decodes a repeated key into the value already there, so objects merge,
+/// scalars take the last value and a list's elements are decoded into the elements already
+/// there; it warns `duplicate field "<path>"`. `check` (given the object as JSON and as YAML
+/// with the same repeats), `review` and the server all judge and warn alike.
+#[test]
+fn a_repeated_key_is_merged_and_named_alike_by_check_review_and_the_server() {
+    let meta =
+        r#""apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"dup","namespace":"ops"}"#;
+    let template =
+        r#"{"metadata":{"labels":{"app":"a"}},"spec":{"containers":[{"name":"c","image":"i"}]}}"#;
+    // (label, JSON text with the repeat, the same as block YAML, the warning, allowed)
+    let cases: Vec<(&str, String, String, &str, bool)> = vec![
+        (
+            "spec given twice, selector in the first, template in the second",
+            format!(r#"{{{meta},"spec":{{"selector":{{"matchLabels":{{"app":"a"}}}}}},"spec":{{"template":{template}}}}}"#),
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: dup, namespace: ops}\nspec:\n  selector: {matchLabels: {app: a}}\nspec:\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      containers: [{name: c, image: i}]\n".to_owned(),
+            r#"duplicate field "spec""#,
+            true,
+        ),
+        (
+            "two identical templates",
+            format!(r#"{{{meta},"spec":{{"selector":{{"matchLabels":{{"app":"a"}}}},"template":{template},"template":{template}}}}}"#),
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: dup, namespace: ops}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec: {containers: [{name: c, image: i}]}\n  template:\n    metadata: {labels: {app: a}}\n    spec: {containers: [{name: c, image: i}]}\n".to_owned(),
+            r#"duplicate field "spec.template""#,
+            true,
+        ),
+        (
+            "containers given twice: the second decoded into the first's element",
+            format!(r#"{{{meta},"spec":{{"selector":{{"matchLabels":{{"app":"a"}}}},"template":{{"metadata":{{"labels":{{"app":"a"}}}},"spec":{{"containers":[{{"name":"c","image":"i","resources":{{"limits":{{"cpu":"2"}}}}}}],"containers":[{{"name":"d"}}]}}}}}}}}"#),
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: dup, namespace: ops}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      containers: [{name: c, image: i, resources: {limits: {cpu: '2'}}}]\n      containers: [{name: d}]\n".to_owned(),
+            r#"duplicate field "spec.template.spec.containers""#,
+            true,
+        ),
+        (
+            "restartPolicy Always then Never: the last is judged",
+            format!(r#"{{{meta},"spec":{{"selector":{{"matchLabels":{{"app":"a"}}}},"template":{{"metadata":{{"labels":{{"app":"a"}}}},"spec":{{"restartPolicy":"Always","containers":[{{"name":"c","image":"i"}}],"restartPolicy":"Never"}}}}}}}}"#),
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: dup, namespace: ops}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      restartPolicy: Always\n      containers: [{name: c, image: i}]\n      restartPolicy: Never\n".to_owned(),
+            r#"duplicate field "spec.template.spec.restartPolicy""#,
+            false,
+        ),
+    ];
+    let scratch = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let reviews: Vec<Vec<u8>> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, object, ..))| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"dup-{i}","kind":{{"group":"apps","version":"v1","kind":"DaemonSet"}},"resource":{{"group":"apps","version":"v1","resource":"daemonsets"}},"namespace":"ops","operation":"CREATE","userInfo":{{"username":"u"}},"object":{object}}}}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    let answers = post_all(&server, "/mutate", &reviews);
+    for (i, ((label, json_text, yaml_text, warning, allowed), (status, body))) in
+        cases.iter().zip(&answers).enumerate()
+    {
+        let (server_allowed, server_patch, response) =
+            decode(label, *status, body, &format!("dup-{i}"));
+        assert_eq!(server_allowed, *allowed, "{label}: server {response}");
+        let server_warnings = response["warnings"].clone();
+        assert!(
+            server_warnings
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w == warning)),
+            "{label}: server warnings {server_warnings}"
+        );
+        if *allowed {
+            // Merged, the object is the plain one: patched like it.
+            assert!(!server_patch.as_array().unwrap().is_empty(), "{label}");
+        }
+
+        let reviewed = review_stdin(&["review", "-"], &reviews[i]);
+        assert_eq!(
+            reviewed.stdout_bytes,
+            [body.as_ref(), b"\n"].concat(),
+            "{label}: review and the server answer differently"
+        );
+
+        for (ext, text) in [("json", json_text), ("yaml", yaml_text)] {
+            let file = scratch.path().join(format!("case-{i}.{ext}"));
+            std::fs::write(&file, text).unwrap();
+            let checked = run_cli(&mut cli(&[
+                "check",
+                "--output",
+                "json",
+                file.to_str().unwrap(),
+            ]));
+            let report = checked.json();
+            assert_eq!(report["errors"], json!([]), "{label} ({ext})");
+            let result = &report["results"][0];
+            assert_eq!(
+                result["status"],
+                if *allowed { "incomplete" } else { "invalid" },
+                "{label} ({ext}): {result:#}"
+            );
+            assert_eq!(result["patch"], server_patch, "{label} ({ext})");
+            assert_eq!(result["warnings"], server_warnings, "{label} ({ext})");
+            if !*allowed {
+                assert_eq!(
+                    result["message"], response["status"]["message"],
+                    "{label} ({ext})"
+                );
+            }
+        }
+    }
+}

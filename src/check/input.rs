@@ -12,6 +12,8 @@ use std::rc::Rc;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+use super::node::Node;
+
 /// One place to read manifests from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -113,6 +115,9 @@ pub struct Document {
     pub index: usize,
     /// Where the document's content starts.
     pub line: u64,
+    /// As written, a repeated key included: what the policy judges.
+    pub written: Node,
+    /// With repeated keys merged as the API server's decoder merges them: what is printed.
     pub value: Value,
 }
 
@@ -125,12 +130,14 @@ pub struct ReadError {
 }
 
 /// The YAML rules Kubernetes' own tooling (sigs.k8s.io/yaml, YAML 1.1) reads manifests by:
-/// `0644` is octal, as in `defaultMode: 0644`. Budgets are raised for the output of
+/// `0644` is octal, as in `defaultMode: 0644`. A repeated key is kept (see [`Node`]): the policy
+/// merges and warns about it as the API server does. Budgets are raised for the output of
 /// `helm template` and `kustomize build`, which can hold thousands of documents; nesting stays
 /// bounded.
 fn options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         legacy_octal_numbers: true,
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
         budget: serde_saphyr::budget! {
             max_reader_input_bytes: None,
             max_documents: 1_000_000,
@@ -147,7 +154,7 @@ pub fn for_each_document(reader: impl Read, mut visit: impl FnMut(Result<Documen
     let failure = Rc::new(RefCell::new(None));
     let mut reader = Utf8Checked::new(reader, failure.clone());
     let mut index = 0;
-    for item in serde_saphyr::read_with_options::<_, Spanned<Value>>(&mut reader, options()) {
+    for item in serde_saphyr::read_with_options::<_, Spanned<Node>>(&mut reader, options()) {
         // The parser reports our reader's error as a bare "IO error": say what it was.
         if let (Err(_), Some(error)) = (&item, failure.borrow_mut().take()) {
             visit(Err(error));
@@ -159,7 +166,8 @@ pub fn for_each_document(reader: impl Read, mut visit: impl FnMut(Result<Documen
                 Document {
                     index,
                     line: spanned.defined.line(),
-                    value: spanned.value,
+                    value: spanned.value.merged(),
+                    written: spanned.value,
                 }
             })
             .map_err(|error| {
@@ -266,10 +274,6 @@ impl<R: Read> Read for Utf8Checked<R> {
 /// want the message, the position being reported on its own.
 fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or_default().trim();
-    // A hint meant for programmers using the library, not for people reading the report.
-    let line = line
-        .strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
-        .unwrap_or(line);
     match line.rfind(" at line ") {
         Some(at) if line[at..].contains(", column ") => line[..at].to_owned(),
         _ => line.to_owned(),
@@ -279,34 +283,28 @@ fn first_line(message: &str) -> String {
 /// The objects a document holds: itself, or the items of a `kind: List` (`v1/List` or any
 /// `*List` kind with `items`), with their item index. Items of a typed list (`DaemonSetList`,
 /// as the API returns lists) carry no kind or apiVersion: they get the list's.
-pub fn objects(value: &Value) -> Vec<(Option<usize>, Cow<'_, Value>)> {
-    let kind = value
+pub fn objects(document: &Node) -> Vec<(Option<usize>, Cow<'_, Node>)> {
+    let kind = document
         .get("kind")
-        .and_then(Value::as_str)
+        .and_then(Node::as_str)
         .unwrap_or_default();
-    let Some(items) = value
-        .get("items")
-        .and_then(Value::as_array)
-        .filter(|_| kind.ends_with("List"))
-    else {
-        return vec![(None, Cow::Borrowed(value))];
+    let Some(Node::Seq(items)) = document.get("items").filter(|_| kind.ends_with("List")) else {
+        return vec![(None, Cow::Borrowed(document))];
     };
     let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-    let api_version = value.get("apiVersion").cloned();
+    let api_version = document.get("apiVersion");
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let untyped = item.get("kind").is_none();
-            let object = match (item_kind, item.as_object()) {
-                (Some(item_kind), Some(fields)) if untyped => {
-                    let mut typed = serde_json::Map::new();
-                    if let Some(api_version) = &api_version {
-                        typed.insert("apiVersion".to_owned(), api_version.clone());
+            let object = match (item_kind, item) {
+                (Some(item_kind), Node::Map(_)) if item.get("kind").is_none() => {
+                    let mut typed = item.clone();
+                    typed.set_first("kind", Node::String(item_kind.to_owned()));
+                    if let Some(api_version) = api_version {
+                        typed.set_first("apiVersion", api_version.clone());
                     }
-                    typed.insert("kind".to_owned(), Value::from(item_kind));
-                    typed.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    Cow::Owned(Value::Object(typed))
+                    Cow::Owned(typed)
                 }
                 _ => Cow::Borrowed(item),
             };
@@ -351,6 +349,16 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_key_is_kept_as_written_and_merged_for_printing() {
+        let doc = read("spec:\n  a: 1\nspec:\n  b: 2\n").remove(0).unwrap();
+        assert_eq!(
+            serde_json::to_string(&doc.written).unwrap(),
+            r#"{"spec":{"a":1},"spec":{"b":2}}"#
+        );
+        assert_eq!(doc.value, json!({ "spec": { "a": 1, "b": 2 } }));
+    }
+
+    #[test]
     fn json_is_read_too() {
         let docs = read(r#"{"kind": "DaemonSet", "spec": {"n": [1, 2]}}"#);
         assert_eq!(docs[0].as_ref().unwrap().value["spec"]["n"], json!([1, 2]));
@@ -379,16 +387,21 @@ mod tests {
 
     #[test]
     fn lists_contribute_their_items() {
-        let list = json!({ "apiVersion": "v1", "kind": "List", "items": [{ "kind": "A" }, { "kind": "B" }] });
+        let list = Node::from(
+            &json!({ "apiVersion": "v1", "kind": "List", "items": [{ "kind": "A" }, { "kind": "B" }] }),
+        );
         let objects = objects(&list);
         assert_eq!(objects.len(), 2);
-        assert_eq!(objects[1], (Some(1), Cow::Owned(json!({ "kind": "B" }))));
-        let typed_list = json!({ "apiVersion": "apps/v1", "kind": "DaemonSetList", "items": [{ "metadata": { "name": "x" } }] });
-        assert_eq!(
-            super::objects(&typed_list)[0].1.as_ref(),
-            &json!({ "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": { "name": "x" } })
+        assert_eq!(objects[1].0, Some(1));
+        assert_eq!(objects[1].1.merged(), json!({ "kind": "B" }));
+        let typed_list = Node::from(
+            &json!({ "apiVersion": "apps/v1", "kind": "DaemonSetList", "items": [{ "metadata": { "name": "x" } }] }),
         );
-        let plain = json!({ "kind": "DaemonSet", "items": [1] });
+        assert_eq!(
+            serde_json::to_string(&super::objects(&typed_list)[0].1).unwrap(),
+            r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"x"}}"#
+        );
+        let plain = Node::from(&json!({ "kind": "DaemonSet", "items": [1] }));
         assert_eq!(super::objects(&plain), vec![(None, Cow::Borrowed(&plain))]);
     }
 

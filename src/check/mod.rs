@@ -3,6 +3,7 @@
 //! judge it once the API server has converted it to apps/v1.
 
 pub mod input;
+pub mod node;
 mod output;
 
 use std::borrow::Cow;
@@ -15,6 +16,7 @@ pub use output::Format;
 
 use crate::policy::{self, Decision, Policy, Verdict};
 use input::Input;
+use node::Node;
 
 /// How `check` reports and what it demands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +158,8 @@ impl Summary {
 /// An object converted to apps/v1 as the API server converts it before calling a webhook
 /// registered for apps/v1 with `matchPolicy: Equivalent`.
 pub struct AppsV1<'a> {
-    pub object: Cow<'a, Value>,
+    /// As written (see [`Node`]): a repeated key reaches the policy as it reaches the server.
+    pub object: Cow<'a, Node>,
     pub note: Option<&'static str>,
 }
 
@@ -171,14 +174,14 @@ pub enum Kind<'a> {
 }
 
 /// Tells a DaemonSet from other objects, and converts it to apps/v1.
-pub fn as_apps_v1(object: &Value) -> Kind<'_> {
-    if object.get("kind").and_then(Value::as_str) != Some("DaemonSet") {
+pub fn as_apps_v1(object: &Node) -> Kind<'_> {
+    if object.get("kind").and_then(Node::as_str) != Some("DaemonSet") {
         return Kind::Other;
     }
-    let api_version = object.get("apiVersion").and_then(Value::as_str);
+    let api_version = object.get("apiVersion").and_then(Node::as_str);
     let converted = |note| {
         let mut copy = object.clone();
-        copy["apiVersion"] = Value::from("apps/v1");
+        copy.set_first("apiVersion", Node::String("apps/v1".to_owned()));
         (copy, note)
     };
     match api_version {
@@ -209,22 +212,25 @@ pub fn as_apps_v1(object: &Value) -> Kind<'_> {
     }
 }
 
-/// extensions/v1beta1 defaulting: a missing selector becomes the template's labels.
-fn default_selector(object: &mut Value) {
-    let selector_missing = object.pointer("/spec/selector").is_none_or(Value::is_null);
-    let labels = object
+/// extensions/v1beta1 defaulting: a missing selector becomes the template's labels. Decided on
+/// the merged object; the selector is added to the last `spec` written, where a decoder would
+/// leave it.
+fn default_selector(object: &mut Node) {
+    let merged = object.merged();
+    let selector_missing = merged.pointer("/spec/selector").is_none_or(Value::is_null);
+    let labels = merged
         .pointer("/spec/template/metadata/labels")
-        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
-        .cloned();
-    if let (true, Some(labels), Some(spec)) = (
-        selector_missing,
-        labels,
-        object.get_mut("spec").and_then(Value::as_object_mut),
-    ) {
-        spec.insert(
+        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()));
+    let (true, Some(labels), Node::Map(entries)) = (selector_missing, labels, object) else {
+        return;
+    };
+    let last_spec = entries.iter_mut().rev().find(|(k, _)| k == "spec");
+    if let Some((_, Node::Map(spec))) = last_spec {
+        spec.retain(|(k, _)| k != "selector");
+        spec.push((
             "selector".to_owned(),
-            serde_json::json!({ "matchLabels": labels }),
-        );
+            Node::from(&serde_json::json!({ "matchLabels": labels })),
+        ));
     }
 }
 
@@ -292,9 +298,9 @@ fn check_input(
         }),
         Ok(mut document) => {
             let mut findings = Vec::new();
-            for (item, object) in input::objects(&document.value) {
-                let object = object.as_ref();
-                match judge(object, Some(namespace), policy) {
+            for (item, written) in input::objects(&document.written) {
+                let object = written.merged();
+                match judge(&written, Some(namespace), policy) {
                     None => reporter.skipped(),
                     Some((api_version, note, verdict)) => findings.push(Finding {
                         file: file.clone(),
@@ -302,8 +308,8 @@ fn check_input(
                         line: document.line,
                         item,
                         api_version,
-                        namespace: text_at(object, "/metadata/namespace"),
-                        name: text_at(object, "/metadata/name"),
+                        namespace: text_at(&object, "/metadata/namespace"),
+                        name: text_at(&object, "/metadata/name"),
                         note,
                         verdict,
                     }),
@@ -318,11 +324,15 @@ fn check_input(
 /// Judges one object: `None` if it is not a DaemonSet, else its apiVersion, the conversion note
 /// and the verdict (`None` for an apiVersion that never served DaemonSets).
 pub fn judge<'p>(
-    object: &Value,
+    object: &Node,
     namespace: Option<&str>,
     policy: &'p Policy,
 ) -> Option<(String, Option<&'static str>, Option<Verdict<'p>>)> {
-    let api_version = text_at(object, "/apiVersion");
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Node::as_str)
+        .unwrap_or_default()
+        .to_owned();
     Some(match as_apps_v1(object) {
         Kind::Other => return None,
         Kind::DaemonSet(converted) => (
@@ -378,7 +388,7 @@ mod tests {
     fn apps_v1_is_judged_as_it_is() {
         let mut object = daemonset("apps/v1");
         object["spec"]["selector"] = json!({ "matchLabels": { "app": "agent" } });
-        let (api_version, note, verdict) = judge(&object, None, &POLICY).unwrap();
+        let (api_version, note, verdict) = judge(&Node::from(&object), None, &POLICY).unwrap();
         assert_eq!(api_version, "apps/v1");
         assert!(note.is_none());
         let verdict = verdict.unwrap();
@@ -388,13 +398,14 @@ mod tests {
 
     #[test]
     fn extensions_v1beta1_gets_its_selector_defaulted_then_judged_as_apps_v1() {
-        let object = daemonset("extensions/v1beta1");
+        let object = Node::from(&daemonset("extensions/v1beta1"));
         let Kind::DaemonSet(converted) = as_apps_v1(&object) else {
             panic!("a DaemonSet")
         };
-        assert_eq!(converted.object["apiVersion"], "apps/v1");
+        let converted = converted.object.merged();
+        assert_eq!(converted["apiVersion"], "apps/v1");
         assert_eq!(
-            converted.object["spec"]["selector"],
+            converted["spec"]["selector"],
             json!({ "matchLabels": { "app": "agent" } })
         );
         let (_, note, verdict) = judge(&object, None, &POLICY).unwrap();
@@ -404,18 +415,20 @@ mod tests {
 
     #[test]
     fn apps_v1beta2_keeps_its_missing_selector_and_is_invalid() {
-        let (_, note, verdict) = judge(&daemonset("apps/v1beta2"), None, &POLICY).unwrap();
+        let (_, note, verdict) =
+            judge(&Node::from(&daemonset("apps/v1beta2")), None, &POLICY).unwrap();
         assert!(note.unwrap().contains("apps/v1beta2"));
         assert!(!verdict.unwrap().allowed());
     }
 
     #[test]
     fn unknown_versions_are_unsupported_and_other_kinds_are_not_daemonsets() {
-        let (api_version, _, verdict) = judge(&daemonset("apps/v2"), None, &POLICY).unwrap();
+        let (api_version, _, verdict) =
+            judge(&Node::from(&daemonset("apps/v2")), None, &POLICY).unwrap();
         assert_eq!(api_version, "apps/v2");
         assert!(verdict.is_none());
-        assert!(judge(&json!({ "kind": "Deployment" }), None, &POLICY).is_none());
-        assert!(judge(&json!("text"), None, &POLICY).is_none());
+        assert!(judge(&Node::from(&json!({ "kind": "Deployment" })), None, &POLICY).is_none());
+        assert!(judge(&Node::from(&json!("text")), None, &POLICY).is_none());
     }
 
     #[test]

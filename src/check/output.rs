@@ -211,6 +211,17 @@ impl<'a> Reporter<'a> {
         if let Some(note) = finding.note {
             block.push_str(&format!("    note: {note}\n"));
         }
+        // An exempt finding's warning lines carry these already.
+        if let Some(verdict) = finding
+            .verdict
+            .as_ref()
+            .filter(|_| status != Status::Exempt)
+        {
+            for path in &verdict.repeated_keys {
+                let line = crate::policy::WarningLine::RepeatedKey(path);
+                block.push_str(&format!("    warning: {line}\n"));
+            }
+        }
         match (&finding.verdict, status) {
             (None, _) => block.push_str(&format!("    {}\n", unsupported_message(finding))),
             (Some(verdict), Status::Exempt) => {

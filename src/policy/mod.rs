@@ -18,8 +18,6 @@ pub mod tolerations;
 
 use std::fmt;
 
-use serde_json::Value;
-
 pub use field::{ErrorList, FieldError, invalid_message};
 use object::DaemonSet;
 pub use patch::Patch;
@@ -505,13 +503,20 @@ impl fmt::Display for WarningLine<'_> {
     }
 }
 
-/// Judges one DaemonSet given as a JSON value (a parsed manifest). `namespace` is the request's
-/// namespace where the object does not say. The same engine as [`review_json`]: the value is
-/// written out as JSON and judged as an AdmissionReview's object is.
-pub fn review<'p>(object: &Value, namespace: Option<&str>, policy: &'p Policy) -> Verdict<'p> {
-    let text = object.to_string();
-    review_json(&text, namespace, policy)
-        .unwrap_or_else(|error| unreadable(&error.path, &error.message))
+/// Judges one DaemonSet given as a value (a parsed manifest; one that keeps a repeated key as
+/// written is judged with it). `namespace` is the request's namespace where the object does not
+/// say. The same engine as [`review_json`]: the value is written out as JSON and judged as an
+/// AdmissionReview's object is.
+pub fn review<'p>(
+    object: &impl serde::Serialize,
+    namespace: Option<&str>,
+    policy: &'p Policy,
+) -> Verdict<'p> {
+    match serde_json::to_string(object) {
+        Ok(text) => review_json(&text, namespace, policy)
+            .unwrap_or_else(|error| unreadable(&error.path, &error.message)),
+        Err(error) => unreadable(".", &error.to_string()),
+    }
 }
 
 /// Text that is not JSON at all (a bad escape, say, which skipping scanners let through): it is
@@ -670,7 +675,7 @@ fn exemption(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     /// The built-in policy, for verdicts that borrow it.
     static DEFAULT: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
