@@ -1,5 +1,6 @@
 //! The offline path: YAML/JSON streams as `check` reads them, every object judged. No input may
-//! panic, loop, or blow the stack; a patch of a valid DaemonSet always applies.
+//! panic, loop, or blow the stack; a patch of a valid DaemonSet always applies (to the object as
+//! printed, a repeated key merged).
 #![no_main]
 
 use daemonset_webhook::check::{self, input};
@@ -12,12 +13,12 @@ fuzz_target!(|data: &[u8]| {
         let Ok(document) = document else {
             return;
         };
-        for (_, object) in input::objects(&document.value) {
+        for (_, object) in input::objects(&document.written) {
             let Some((_, _, Some(verdict))) = check::judge(&object, None, &policy) else {
                 continue;
             };
             if verdict.allowed() {
-                let mut patched = object.into_owned();
+                let mut patched = object.merged();
                 json_patch::patch(&mut patched, &verdict.patch().to_json_patch())
                     .expect("the patch applies");
             }

@@ -50,7 +50,10 @@ impl Node {
 
     /// The value once every repeated key is decoded into the value already there: mappings merge
     /// entry by entry, a sequence's elements are decoded into the elements already there (then
-    /// cut to the new length), anything else takes the last value.
+    /// cut to the new length), anything else takes the last value. A `null` leaves a mapping as
+    /// it was, as the decoder leaves a struct (the fields a patch goes through are structs, so
+    /// the policy's patch always applies); it clears anything else. Only where a repeated map
+    /// field (`labels`) is `null`, which the decoder clears, does this differ from it.
     pub fn merged(&self) -> Value {
         let mut value = Value::Null;
         merge_into(&mut value, self);
@@ -84,6 +87,7 @@ fn merge_into(target: &mut Value, node: &Node) {
             }
             *target = Value::Array(elements);
         }
+        Node::Null if target.is_object() => {}
         Node::Null => *target = Value::Null,
         Node::Bool(b) => *target = Value::Bool(*b),
         Node::Number(n) => *target = Value::Number(n.clone()),
@@ -279,6 +283,20 @@ mod tests {
         );
         let cleared = map(&[("c", node(json!([1, 2]))), ("c", Node::Null)]);
         assert_eq!(cleared.merged(), json!({ "c": null }));
+    }
+
+    #[test]
+    fn a_null_leaves_a_mapping_as_it_was_and_clears_the_rest() {
+        let written = map(&[
+            ("template", node(json!({ "spec": {} }))),
+            ("name", node(json!("a"))),
+            ("template", Node::Null),
+            ("name", Node::Null),
+        ]);
+        assert_eq!(
+            written.merged(),
+            json!({ "template": { "spec": {} }, "name": null })
+        );
     }
 
     #[test]
