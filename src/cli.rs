@@ -201,8 +201,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DAEMONSET_WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Connections served at once from one client address; more are closed once they send
-    /// their first request. kube-apiserver keeps far fewer than this to one webhook.
+    /// Connections open at once from one client address, in any phase (handshake included);
+    /// more are closed as they are accepted. kube-apiserver keeps far fewer to one webhook.
     #[arg(long, env = "DAEMONSET_WEBHOOK_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_client: u32,
 

@@ -608,10 +608,12 @@ async fn floods_of_big_uploads_stay_within_the_memory_budget() {
         "{h2:?}; the server's log:\n{}",
         server.logs()
     );
+    // Every 503 is counted; those of streams cut with their connection too, unseen.
     let metrics = server.scrape().await;
-    assert_eq!(
-        metrics.value("daemonset_webhook_requests_shed_total"),
-        (h1.shed + h2.shed) as f64
+    let shed = metrics.value("daemonset_webhook_requests_shed_total");
+    assert!(
+        (h1.shed + h2.shed) as f64 <= shed && shed <= (h1.shed + h2.shed + h2.cut) as f64,
+        "{shed} counted shed; {h1:?}; {h2:?}"
     );
     wait_until(
         "the budget to be given back",

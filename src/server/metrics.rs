@@ -141,7 +141,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "controller_runtime_webhook_requests",
-            "Total number of admission requests by HTTP status code.",
+            "Total number of admission requests by HTTP status code",
             requests.clone(),
         );
         let latency = Family::<WebhookLabels, Histogram>::new_with_constructor(|| {
@@ -149,96 +149,96 @@ impl Metrics {
         });
         registry.register(
             "controller_runtime_webhook_latency_seconds",
-            "Histogram of the latency of processing admission requests.",
+            "Histogram of the latency of processing admission requests",
             latency.clone(),
         );
         let in_flight = Family::<WebhookLabels, Gauge>::default();
         registry.register(
             "controller_runtime_webhook_requests_in_flight",
-            "Current number of admission requests being served.",
+            "Current number of admission requests being served",
             in_flight.clone(),
         );
         let panics = Counter::default();
         registry.register(
             "controller_runtime_webhook_panics",
-            "Total number of webhook panics.",
+            "Total number of webhook panics",
             panics.clone(),
         );
         let responses = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "controller_runtime_webhook_admission_responses",
-            "Total number of admission responses by whether they allowed and their status code.",
+            "Total number of admission responses by whether they allowed and their status code",
             responses.clone(),
         );
         let violations = Family::<RuleLabels, Counter>::default();
         registry.register(
             "daemonset_webhook_violations",
-            "Violations found in DaemonSets, by rule (including those of rules in warn mode).",
+            "Violations found in DaemonSets, by rule (including those of rules in warn mode)",
             violations.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "daemonset_webhook_rule_decisions",
-            "Reviews in which a rule denied, warned, or patched.",
+            "Reviews in which a rule denied, warned, or patched",
             decisions.clone(),
         );
         let mutations = Family::<KindLabels, Counter>::default();
         registry.register(
             "daemonset_webhook_mutations",
-            "Changes patched into DaemonSets, by kind: toleration, limits, requests.",
+            "Changes patched into DaemonSets, by kind: toleration, limits, requests",
             mutations.clone(),
         );
         let exemptions = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "daemonset_webhook_exemptions",
-            "DaemonSets allowed untouched because they are exempt, by reason.",
+            "DaemonSets allowed untouched because they are exempt, by reason",
             exemptions.clone(),
         );
         let certificate_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "daemonset_webhook_certificate_reloads",
-            "Serving certificate (and client CA) reloads, by result.",
+            "Serving certificate (and client CA) reloads, by result",
             certificate_reloads.clone(),
         );
         let certificate_expiry = Gauge::default();
         registry.register(
             "daemonset_webhook_certificate_expiry_timestamp_seconds",
-            "When the serving certificate expires (notAfter), as a Unix timestamp.",
+            "When the serving certificate expires (notAfter), as a Unix timestamp",
             certificate_expiry.clone(),
         );
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "daemonset_webhook_policy_reloads",
-            "Policy file reloads, by result.",
+            "Policy file reloads, by result",
             policy_reloads.clone(),
         );
         registry.register(
             "daemonset_webhook_log_lines_dropped",
-            "Log lines not written: stderr too slow (its queue full) or failing.",
+            "Log lines not written: stderr too slow (its queue full) or failing",
             crate::logging::dropped_lines().clone(),
         );
         let body_memory = Gauge::default();
         registry.register(
             "daemonset_webhook_request_body_memory_bytes",
-            "Bytes of the memory budget held by request bodies (and their answers) now.",
+            "Bytes of the memory budget held by request bodies (and their answers) now",
             body_memory.clone(),
         );
         let body_memory_limit = Gauge::default();
         registry.register(
             "daemonset_webhook_request_body_memory_limit_bytes",
-            "The memory budget for request bodies, --max-body-memory.",
+            "The memory budget for request bodies, --max-body-memory",
             body_memory_limit.clone(),
         );
         let shed = Counter::default();
         registry.register(
             "daemonset_webhook_requests_shed",
-            "Requests answered 503 because the memory budget had no room for their body.",
+            "Requests answered 503 because the memory budget had no room for their body",
             shed.clone(),
         );
         let closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "daemonset_webhook_connections_dropped",
-            "Connections the server closed on a client, by reason.",
+            "Connections the server closed on a client, by reason",
             closed.clone(),
         );
         let closed = ByLabel(
@@ -256,7 +256,7 @@ impl Metrics {
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "daemonset_webhook_build_info",
-            "The running version.",
+            "The running version",
             build_info.clone(),
         );
         build_info
