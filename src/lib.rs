@@ -10,10 +10,10 @@ pub mod admission;
 pub mod certs;
 pub mod check;
 pub mod cli;
-pub mod config;
-pub mod files;
+pub(crate) mod config;
+pub(crate) mod files;
 mod json;
-pub mod logging;
+pub(crate) mod logging;
 pub mod policy;
 pub mod server;
 

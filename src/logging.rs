@@ -14,8 +14,10 @@
 
 use std::fmt::{self, Write as _};
 use std::io::{self, Write};
+#[cfg(test)]
+use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -194,8 +196,10 @@ impl<'a> MakeWriter<'a> for QueuedStderr {
 }
 
 /// A writer that serializes a `Mutex`-held one (for tests that capture lines).
+#[cfg(test)]
 pub struct Shared<W>(pub std::sync::Arc<Mutex<W>>);
 
+#[cfg(test)]
 impl<W: Write> Write for Shared<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).write(data)

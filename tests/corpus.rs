@@ -5,6 +5,8 @@
 
 mod common;
 
+use daemonset_webhook::policy::patch::without_owned_fields;
+
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -137,8 +139,8 @@ fn every_apps_v1_manifest_is_allowed_and_completed_idempotently() {
             }
         }
         assert_eq!(
-            common::without_owned_fields(&patched),
-            common::without_owned_fields(&object),
+            without_owned_fields(&patched),
+            without_owned_fields(&object),
             "{name}: the patch changed something it does not own"
         );
 

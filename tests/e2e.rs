@@ -3,6 +3,8 @@
 
 mod common;
 
+use daemonset_webhook::policy::patch::without_owned_fields;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -405,8 +407,8 @@ fn check_patched(file: &str, original: &Value, patch: &json_patch::Patch) -> Val
 
     // Nothing outside tolerations and container resources changed.
     assert_eq!(
-        common::without_owned_fields(original),
-        common::without_owned_fields(&patched),
+        without_owned_fields(original),
+        without_owned_fields(&patched),
         "{file}: the patch changed something it does not own"
     );
     patched

@@ -481,6 +481,19 @@ async fn normal_client_while(client: TlsClient, done: impl Fn() -> bool) -> (Dur
     (worst, answered)
 }
 
+/// POSTs `body` to `/mutate`: the reply, or why there was none.
+async fn upload(connection: &mut common::Connection, body: Bytes) -> Result<common::Reply, String> {
+    connection
+        .request(
+            hyper::Method::POST,
+            "/mutate",
+            Some("application/json"),
+            body,
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// What a flood of uploads was answered.
 #[derive(Debug, Default)]
 struct Uploads {
@@ -531,15 +544,7 @@ async fn floods_of_big_uploads_stay_within_the_memory_budget() {
             let (client, body) = (uploader.clone(), body.clone());
             tokio::spawn(async move {
                 let mut connection = client.connect().await.map_err(|e| e.to_string())?;
-                connection
-                    .request(
-                        hyper::Method::POST,
-                        "/mutate",
-                        Some("application/json"),
-                        body,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
+                upload(&mut connection, body).await
             })
         })
         .collect();
@@ -561,17 +566,7 @@ async fn floods_of_big_uploads_stay_within_the_memory_budget() {
     let streams: Vec<_> = (0..250)
         .map(|_| {
             let (mut connection, body) = (connection.h2_handle(), body.clone());
-            tokio::spawn(async move {
-                connection
-                    .request(
-                        hyper::Method::POST,
-                        "/mutate",
-                        Some("application/json"),
-                        body,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            tokio::spawn(async move { upload(&mut connection, body).await })
         })
         .collect();
     let (worst_h2, answered_h2) =

@@ -7,14 +7,14 @@
 //! removes what a rule owns, so fields our types do not know (from a newer Kubernetes) are never
 //! touched.
 
-pub mod field;
-pub mod object;
+pub(crate) mod field;
+pub(crate) mod object;
 pub mod patch;
-pub mod quantity;
-pub mod resources;
-pub mod restart_policy;
-pub mod selector;
-pub mod tolerations;
+pub(crate) mod quantity;
+pub(crate) mod resources;
+pub(crate) mod restart_policy;
+pub(crate) mod selector;
+pub(crate) mod tolerations;
 
 use std::fmt;
 
@@ -714,27 +714,6 @@ mod tests {
         patched
     }
 
-    /// Removes what the policy may change, so the rest can be compared.
-    fn without_owned_fields(mut object: Value) -> Value {
-        if let Some(pod) = object
-            .pointer_mut("/spec/template/spec")
-            .and_then(Value::as_object_mut)
-        {
-            pod.remove("tolerations");
-            for list in ["containers", "initContainers"] {
-                for c in pod
-                    .get_mut(list)
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    c.as_object_mut().unwrap().remove("resources");
-                }
-            }
-        }
-        object
-    }
-
     #[test]
     fn a_plain_daemonset_is_completed_and_then_left_alone() {
         let object = daemonset(json!({
@@ -772,8 +751,8 @@ mod tests {
             )
         );
         assert_eq!(
-            without_owned_fields(patched.clone()),
-            without_owned_fields(object)
+            patch::without_owned_fields(&patched),
+            patch::without_owned_fields(&object)
         );
 
         let again = review(&patched, None, &policy);

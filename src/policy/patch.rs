@@ -282,6 +282,31 @@ impl std::fmt::Debug for Patch<'_, '_> {
     }
 }
 
+/// The object without the fields a patch may change (the pod's tolerations, every container's
+/// resources): what a patch must leave exactly as it was. For tests and tools that check that.
+pub fn without_owned_fields(object: &serde_json::Value) -> serde_json::Value {
+    let mut object = object.clone();
+    if let Some(pod) = object
+        .pointer_mut("/spec/template/spec")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        pod.remove("tolerations");
+        for list in ["containers", "initContainers"] {
+            for container in pod
+                .get_mut(list)
+                .and_then(serde_json::Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(container) = container.as_object_mut() {
+                    container.remove("resources");
+                }
+            }
+        }
+    }
+    object
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

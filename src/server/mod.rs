@@ -3,12 +3,12 @@
 //! here the wiring: listeners, the serving certificate and the policy file reloaded as they
 //! change, metrics. It knows nothing of DaemonSets.
 
-pub mod budget;
-pub mod connection;
-pub mod metrics;
-pub mod reload;
-pub mod routes;
-pub mod tls;
+pub(crate) mod budget;
+pub(crate) mod connection;
+pub(crate) mod metrics;
+pub(crate) mod reload;
+pub(crate) mod routes;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

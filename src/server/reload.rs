@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-pub use crate::files::{Contents, read, read_all};
+pub use crate::files::{Contents, read_all};
 
 /// Contents of the watched files, in the order they were given.
 type Snapshot = Vec<Contents>;
@@ -305,7 +305,7 @@ mod tests {
         std::fs::write(&a, "warn").unwrap();
         let mut watch = Watch::new(vec![a.clone()]);
         std::fs::write(&a, "enforce").unwrap();
-        let read_in_between = read(&a);
+        let read_in_between = crate::files::read(&a);
         std::fs::write(&a, "warn").unwrap();
         assert_eq!(watch.poll(), Poll::Unchanged);
         assert_eq!(watch.contents(), [Ok(b"warn".to_vec())]);

@@ -105,7 +105,9 @@ pub struct Loaded {
 
 /// Builds the rustls configuration from the files: TLS 1.3 and 1.2, the provider's default
 /// (AEAD, forward-secret) cipher suites, ALPN `h2` (unless `http2` is false) then `http/1.1`,
-/// and, with a client CA, client certificates required.
+/// and, with a client CA, client certificates required. (The server reads the files through
+/// its reloads and calls [`load_contents`].)
+#[cfg(test)]
 pub fn load(files: &TlsFiles, http2: bool) -> Result<Loaded, TlsError> {
     load_contents(files, &crate::files::read_all(&files.paths()), http2)
 }
