@@ -26,16 +26,9 @@ fn word(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(chunk))
 }
 
-/// Writes `s` as a JSON string, as serde_json writes it, in one pass straight into the buffer:
-/// eight bytes at a time while none needs an escape (serde_json goes byte by byte, through
-/// `io::Write`).
-pub fn string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
+/// The index of the first byte at or after `i` that a JSON string must escape, or the length:
+/// eight bytes at a time while none needs one.
+fn next_special(bytes: &[u8], mut i: usize) -> usize {
     while i < bytes.len() {
         if let Some(w) = word(bytes, i) {
             let special = below(w, 0x20) | equal(w, b'"') | equal(w, b'\\');
@@ -43,35 +36,77 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
                 i += 8;
                 continue;
             }
-            i += first(special);
+            // Each mask's lowest bit is exact, so their union's is.
+            return i + first(special);
         }
-        let b = bytes[i];
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => &[],
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            let hex = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]];
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hex[0], hex[1]]);
-        } else {
-            out.extend_from_slice(escape);
+        if matches!(bytes[i], 0x00..=0x1f | b'"' | b'\\') {
+            return i;
         }
         i += 1;
-        start = i;
     }
-    out.extend_from_slice(&bytes[start..]);
+    bytes.len()
+}
+
+/// How a JSON string writes `b`, a byte [`next_special`] stopped at (as serde_json does).
+fn escaped(b: u8, buf: &mut [u8; 6]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        0x08 => b"\\b",
+        0x0c => b"\\f",
+        _ => {
+            *buf = [
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ];
+            buf
+        }
+    }
+}
+
+/// Writes `s` as a JSON string, as serde_json writes it, in one pass straight into the buffer
+/// (serde_json goes byte by byte, through `io::Write`).
+pub fn string(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
+    let mut buf = [0; 6];
+    let mut start = 0;
+    loop {
+        let i = next_special(bytes, start);
+        out.extend_from_slice(&bytes[start..i]);
+        let Some(&b) = bytes.get(i) else { break };
+        out.extend_from_slice(escaped(b, &mut buf));
+        start = i + 1;
+    }
+    out.push(b'"');
+}
+
+/// Writes `s` escaped as the inside of a JSON string (no quotes), to a `fmt::Write`: for text
+/// written piece by piece, such as a value's `Display`.
+pub fn escaped_str(out: &mut (impl std::fmt::Write + ?Sized), s: &str) -> std::fmt::Result {
+    let bytes = s.as_bytes();
+    let mut buf = [0; 6];
+    let mut start = 0;
+    loop {
+        // `i` is at an ASCII byte or the end, so both slices are on character boundaries.
+        let i = next_special(bytes, start);
+        out.write_str(&s[start..i])?;
+        let Some(&b) = bytes.get(i) else {
+            return Ok(());
+        };
+        let escape = escaped(b, &mut buf);
+        out.write_str(std::str::from_utf8(escape).unwrap_or_default())?;
+        start = i + 1;
+    }
 }
 
 /// Whether `bytes` (UTF-8) hold a control character: C0, DEL, or C1 (U+0080..U+009F, encoded
@@ -150,6 +185,10 @@ mod tests {
             let mut out = Vec::new();
             string(&mut out, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+            // The same inside, written to a fmt::Write.
+            let mut inside = String::new();
+            escaped_str(&mut inside, s).unwrap();
+            assert_eq!(format!("\"{inside}\"").as_bytes(), out, "{s:?}");
         }
         let mut out = Vec::new();
         string_map(&mut out, [("a", "1"), ("b\"", "2")]);

@@ -45,17 +45,22 @@ pub fn init(json: bool, ansi: bool) -> Option<Flush> {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, flush) = match QueuedStderr::start(io::stderr()) {
+    let (writer, flush, queued) = match QueuedStderr::start(io::stderr()) {
         Ok((writer, flush)) => (
-            tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer.clone()),
             Some(flush),
+            Some(writer),
         ),
         Err(_) => (
             tracing_subscriber::fmt::writer::BoxMakeWriter::new(io::stderr),
             None,
+            None,
         ),
     };
     let registry = tracing_subscriber::registry().with(filter);
+    if let (true, Some(queue)) = (json, &queued) {
+        let _ = DIRECT.set(queue.clone());
+    }
     let installed = if json {
         registry
             .with(SpanFieldsLayer)
@@ -79,6 +84,81 @@ pub fn init(json: bool, ansi: bool) -> Option<Flush> {
     // Already installed (a test, a second call): the first one stays.
     let _ = installed;
     flush
+}
+
+/// The queue JSON lines go to, once [`init`] chose JSON: for [`json_line`].
+static DIRECT: OnceLock<QueuedStderr> = OnceLock::new();
+
+/// One JSON line in the shape [`JsonLines`] writes, built by hand: for the review line, logged
+/// once per review, whose fields through tracing's visitors cost more than the rest of the log.
+pub struct JsonLine {
+    line: String,
+}
+
+impl JsonLine {
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        let _ = json_string(&mut self.line, value);
+        self
+    }
+
+    pub fn display(&mut self, key: &str, value: &dyn fmt::Display) -> &mut Self {
+        self.key(key);
+        self.line.push('"');
+        let _ = write!(Escaping(&mut self.line), "{value}");
+        self.line.push('"');
+        self
+    }
+
+    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.line, "{value}");
+        self
+    }
+
+    fn key(&mut self, key: &str) {
+        self.line.push(',');
+        let _ = json_string(&mut self.line, key);
+        self.line.push(':');
+    }
+}
+
+/// Logs an event whose fields `fields` writes, as `tracing` with the JSON format would log it
+/// from `target` (outside any span), straight to the writer queue. `false` (nothing logged)
+/// unless [`init`] chose JSON: then log it through `tracing`. The caller checks the level is
+/// enabled (`tracing::enabled!`), so `RUST_LOG` rules it as it rules every line.
+pub fn json_line(
+    level: tracing::Level,
+    target: &str,
+    message: &str,
+    fields: impl FnOnce(&mut JsonLine),
+) -> bool {
+    let Some(queue) = DIRECT.get() else {
+        return false;
+    };
+    queue.queue_line(build_line(level, target, message, fields).into_bytes());
+    true
+}
+
+fn build_line(
+    level: tracing::Level,
+    target: &str,
+    message: &str,
+    fields: impl FnOnce(&mut JsonLine),
+) -> String {
+    let mut line = JsonLine {
+        line: String::with_capacity(512),
+    };
+    line.line.push_str("{\"timestamp\":\"");
+    let _ = SystemTime.format_time(&mut Writer::new(&mut line.line));
+    line.line.push_str("\",\"level\":\"");
+    line.line.push_str(level.as_str());
+    line.line.push('"');
+    line.str("message", message);
+    fields(&mut line);
+    line.str("target", target);
+    line.line.push_str("}\n");
+    line.line
 }
 
 /// How lines reach stderr: queued for the writer thread.
@@ -166,6 +246,17 @@ fn write_lines<W: Write>(lines: Receiver<Vec<u8>>, out: W, done: SyncSender<()>)
     }
 }
 
+impl QueuedStderr {
+    /// Queues one line; a full queue drops it, counted. Never waits.
+    fn queue_line(&self, line: Vec<u8>) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(line)
+        {
+            dropped_lines().inc();
+        }
+    }
+}
+
 impl Write for QueuedStderr {
     /// Queues one formatted event (the fmt layer writes each event with one `write_all`).
     /// Never fails and never waits.
@@ -173,12 +264,7 @@ impl Write for QueuedStderr {
         if line.is_empty() {
             return Ok(0);
         }
-        match self.queue.try_send(line.to_vec()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                dropped_lines().inc();
-            }
-        }
+        self.queue_line(line.to_vec());
         Ok(line.len())
     }
 
@@ -239,7 +325,6 @@ where
         writer.write_char('"')?;
         let mut fields = JsonFields {
             out: &mut writer,
-            scratch: String::new(),
             result: Ok(()),
         };
         event.record(&mut fields);
@@ -279,7 +364,6 @@ where
         let mut text = String::new();
         let mut fields = JsonFields {
             out: &mut text,
-            scratch: String::new(),
             result: Ok(()),
         };
         attrs.record(&mut fields);
@@ -289,7 +373,6 @@ where
 
 struct JsonFields<'w, W: fmt::Write> {
     out: &'w mut W,
-    scratch: String,
     result: fmt::Result,
 }
 
@@ -309,11 +392,11 @@ impl<W: fmt::Write> JsonFields<'_, W> {
 
 impl<W: fmt::Write> Visit for JsonFields<'_, W> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let _ = write!(scratch, "{value:?}");
-        self.record(field, |out| json_string(out, &scratch));
-        self.scratch = scratch;
+        self.record(field, |out| {
+            out.write_char('"')?;
+            write!(Escaping(&mut *out), "{value:?}")?;
+            out.write_char('"')
+        });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -344,27 +427,18 @@ impl<W: fmt::Write> Visit for JsonFields<'_, W> {
 /// Writes `s` as a JSON string.
 fn json_string(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
     out.write_char('"')?;
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.write_str(&s[start..i])?;
-        if escape.is_empty() {
-            write!(out, "\\u{b:04x}")?;
-        } else {
-            out.write_str(escape)?;
-        }
-        start = i + 1;
-    }
-    out.write_str(&s[start..])?;
+    crate::json::escaped_str(out, s)?;
     out.write_char('"')
+}
+
+/// Escapes what is written through it as the inside of a JSON string: a value's `Display` goes
+/// straight into the line, without a copy.
+struct Escaping<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        crate::json::escaped_str(self.0, s)
+    }
 }
 
 #[cfg(test)]
@@ -419,6 +493,33 @@ mod tests {
             timestamp.ends_with('Z') && timestamp.len() >= 20,
             "{timestamp}"
         );
+    }
+
+    #[test]
+    fn a_line_built_by_hand_is_the_line_tracing_writes() {
+        let text = "a \"quoted\"\nline\u{1}";
+        let traced = lines(|| {
+            tracing::info!(
+                uid = "u-1",
+                operation = %"CREATE",
+                text,
+                count = 3u64,
+                "review"
+            );
+        });
+        let by_hand = build_line(tracing::Level::INFO, module_path!(), "review", |line| {
+            line.str("uid", "u-1")
+                .display("operation", &"CREATE")
+                .str("text", text)
+                .u64("count", 3);
+        });
+        assert!(by_hand.ends_with("}\n"));
+        let mut by_hand: serde_json::Value = serde_json::from_str(&by_hand).unwrap();
+        let mut traced = traced[0].clone();
+        for line in [&mut by_hand, &mut traced] {
+            line.as_object_mut().unwrap().remove("timestamp");
+        }
+        assert_eq!(by_hand, traced);
     }
 
     #[test]

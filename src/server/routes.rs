@@ -312,6 +312,27 @@ impl std::fmt::Display for Fields<'_> {
 /// One line per review: who, what was decided, what was patched, how long it took. Never the
 /// object itself. Its fields are formatted only when the line is written.
 fn log_review(webhook: &'static str, record: &Record, latency: Duration) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    // The same line, JSON written by hand when logs are JSON: a quarter of the cost.
+    let written =
+        crate::logging::json_line(tracing::Level::INFO, module_path!(), "review", |line| {
+            line.str("webhook", webhook)
+                .str("uid", &record.uid)
+                .display("operation", &record.operation)
+                .str("kind", &record.kind)
+                .str("namespace", &record.namespace)
+                .str("name", &record.name)
+                .str("decision", record.outcome.as_str())
+                .display("patched", &PatchedCounts(record))
+                .display("violations", &Fields(&record.violation_fields))
+                .u64("warnings", record.warnings as u64)
+                .u64("latency_us", latency.as_micros() as u64);
+        });
+    if written {
+        return;
+    }
     tracing::info!(
         webhook,
         uid = %record.uid,
